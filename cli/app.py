@@ -1,0 +1,94 @@
+"""The `rlhf-interp` command line: parse options, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rlhf_interp.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train a causal LM with PPO-based RLHF, then interpret what RLHF changed.",
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: leave torch's default).")] = 2,
+) -> None:
+    _state["debug"] = debug
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option(help="Directory to write the HF checkpoint to.")],
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 480,
+    n_reviews: Annotated[int, typer.Option(help="Reviews in the procedural corpus.")] = 60_000,
+    seed: Annotated[int, typer.Option(help="Seed for corpus, init and batches.")] = 0,
+) -> None:
+    """Rebuild the embedded default model from scratch (corpus, tokenizer, tiny GPT-2, model card)."""
+    from rlhf_interp.embedded.pretrain import PretrainConfig, pretrain
+
+    if steps < 1 or n_reviews < 1:
+        raise UserError("--steps and --n-reviews must be >= 1")
+    stats = pretrain(PretrainConfig(out=out, steps=steps, n_reviews=n_reviews, seed=seed))
+    typer.echo(
+        f"final loss {stats['final_loss']:.3f} in {stats['train_seconds']:.0f} s; "
+        f"mean VADER of samples {stats['vader_mean']:+.3f}, distinct-2 {stats['distinct_2']:.3f}"
+    )
+    typer.echo(f"model written to {out}")
+
+
+@app.command()
+def sample(
+    model: Annotated[str, typer.Argument(help="'embedded', a local HF directory or a hub name.")] = "embedded",
+    prompts: Annotated[Path | None, typer.Option(help="Prompt file (one per line, or .jsonl).")] = None,
+    n: Annotated[int, typer.Option("-n", help="Samples per prompt.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(help="New tokens per sample.")] = 32,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Print sampled continuations of the prompts, with their VADER score."""
+    from rlhf_interp.sampling_cli import run_sample
+
+    for row in run_sample(model, prompts, n, max_new_tokens, temperature, seed):
+        typer.echo(f"[{row['score']:+.2f}] {row['prompt']} | {row['response']}")
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors with exit code 2 for bad input."""
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

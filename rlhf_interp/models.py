@@ -1,0 +1,215 @@
+"""Resolve a model spec and load it: `transformers` for training and sampling, TransformerLens 4.x for analysis.
+
+A model spec is one of
+- `embedded` — the tiny GPT-2 shipped inside the package (the offline default);
+- a local Hugging Face directory (config.json, safetensors weights, tokenizer files);
+- a hub name such as `gpt2` (needs network; offline it fails with a one-line `UserError`).
+
+Safety: weights are only ever read from safetensors (no pickle), and `trust_remote_code` is never enabled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rlhf_interp.errors import UserError
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED = "embedded"
+EMBEDDED_DIR = Path(__file__).parent / "embedded" / "model"
+# a hub id: "name" or "org/name" made of letters, digits, '-', '_', '.'
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+TESTED_FAMILY = ("GPT2LMHeadModel",)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model spec points: a local directory (`path`) or a hub name (`hub_name`)."""
+
+    spec: str
+    path: Path | None = None
+    hub_name: str | None = None
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.path is not None and self.path.resolve() == EMBEDDED_DIR.resolve()
+
+    @property
+    def location(self) -> str:
+        return str(self.path) if self.path is not None else str(self.hub_name)
+
+
+def resolve_model_spec(spec: str | Path) -> ModelSource:
+    """Turn `embedded`, a directory or a hub name into a `ModelSource`; a bad local path is a `UserError`."""
+    spec_s = str(spec)
+    if spec_s == EMBEDDED:
+        return ModelSource(spec_s, path=EMBEDDED_DIR)
+    path = Path(spec_s).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"model path {spec_s} is a file; pass a directory saved with save_pretrained()")
+        check_model_dir(path)
+        return ModelSource(spec_s, path=path)
+    looks_like_path = spec_s.startswith((".", "/", "~")) or spec_s.count("/") > 1 or "\\" in spec_s
+    if looks_like_path or not _HUB_NAME.match(spec_s):
+        raise UserError(f"model directory not found: {spec_s} (pass an existing directory, a hub name, or 'embedded')")
+    return ModelSource(spec_s, hub_name=spec_s)
+
+
+def check_model_dir(path: Path) -> dict[str, Any]:
+    """Check that `path` holds a supported causal LM with safetensors weights; return its config dict."""
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{path} has no config.json; pass a directory saved with save_pretrained()")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path} is not valid JSON ({e})") from e
+    check_architecture(config, str(path))
+    if not any(path.glob("*.safetensors")):
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        hint = ""
+        if pickled:
+            hint = f" (found {', '.join(pickled)}: pickled weights are never loaded; re-save with safetensors)"
+        raise UserError(f"{path} has no *.safetensors weights{hint}")
+    return config
+
+
+def supported_causal_architectures() -> list[str]:
+    """Causal-LM architectures that TransformerLens's `TransformerBridge` can boot."""
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    return sorted(a for a in SUPPORTED_ARCHITECTURES if a.endswith(("ForCausalLM", "LMHeadModel")))
+
+
+def check_architecture(config: dict[str, Any], where: str) -> None:
+    archs = config.get("architectures") or []
+    supported = supported_causal_architectures()
+    if not any(a in supported for a in archs):
+        shown = ", ".join(archs) if archs else f"model_type {config.get('model_type')!r} with no 'architectures'"
+        raise UserError(
+            f"{where}: unsupported architecture {shown}; a causal LM that TransformerLens's TransformerBridge supports "
+            f"is needed (tested: {', '.join(TESTED_FAMILY)}; also e.g. LlamaForCausalLM, GPTNeoXForCausalLM)"
+        )
+
+
+def _offline_error(source: ModelSource, err: Exception) -> UserError:
+    return UserError(
+        f"could not load '{source.hub_name}' from the Hugging Face hub (not cached here and the hub is unreachable "
+        f"or has no such model): "
+        f"pass a local model directory or use 'embedded'"
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub endpoint, so that offline use fails at once instead of after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _hub_config(source: ModelSource) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    try:  # the local cache first: works offline for models downloaded before
+        config = AutoConfig.from_pretrained(source.hub_name, trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError) as cache_miss:
+        if not _hub_reachable():
+            raise _offline_error(source, cache_miss) from cache_miss
+        try:
+            config = AutoConfig.from_pretrained(source.hub_name, trust_remote_code=False)
+        except (OSError, ValueError) as e:  # unknown repo, or no config
+            raise _offline_error(source, e) from e
+    check_architecture(config.to_dict(), source.location)
+    return config.to_dict()
+
+
+def load_tokenizer(spec: str | Path | ModelSource) -> PreTrainedTokenizerBase:
+    """The model's own tokenizer (from the same directory or hub repo)."""
+    from transformers import AutoTokenizer
+
+    source = spec if isinstance(spec, ModelSource) else resolve_model_spec(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(source.location, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        if source.hub_name:
+            raise _offline_error(source, e) from e
+        raise UserError(f"{source.location}: could not load its tokenizer ({e.__class__.__name__}: {e})") from e
+    return tok
+
+
+def load_causal_lm(
+    spec: str | Path | ModelSource, device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A plain `transformers` causal LM (float32, eval mode) and its tokenizer."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    source = spec if isinstance(spec, ModelSource) else resolve_model_spec(spec)
+    if source.hub_name:
+        _hub_config(source)
+    tokenizer = load_tokenizer(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.location, use_safetensors=True, trust_remote_code=False, dtype="float32"
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        if source.hub_name:
+            raise _offline_error(source, e) from e
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{source.location}: could not load the weights ({detail}); is the checkpoint complete?") from e
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def load_bridge(
+    spec: str | Path | ModelSource,
+    *,
+    compatibility: bool = True,
+    fold_value_biases: bool = True,
+    device: str = "cpu",
+) -> TransformerBridge:
+    """A TransformerLens 4.x `TransformerBridge` in eval mode, booted from its own copy of the HF model.
+
+    `compatibility=True` folds LayerNorm and centres weights (needed for logit lens / DLA); pass
+    `fold_value_biases=False` for hook_z / hook_v patching across two models (see shared notes).
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    source = spec if isinstance(spec, ModelSource) else resolve_model_spec(spec)
+    hf_model, tokenizer = load_causal_lm(source, device=device)  # a fresh copy: booting mutates it
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    bridge = TransformerBridge.boot_transformers(
+        source.location, hf_model=hf_model, tokenizer=tokenizer, device=device
+    )
+    if compatibility:
+        bridge.enable_compatibility_mode(disable_warnings=True, fold_value_biases=fold_value_biases)
+    bridge.eval()
+    return bridge
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: str | Path) -> None:
+    """Save model and tokenizer in HF format (safetensors) atomically: the directory appears complete or not at all."""
+    from rlhf_interp.io import atomic_dir
+
+    with atomic_dir(Path(out)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
