@@ -67,6 +67,47 @@ def sample(
         typer.echo(f"[{row['score']:+.2f}] {row['prompt']} | {row['response']}")
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Any config key is also an option (--key value); see `rlhf-interp train-keys` for the list.",
+)
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="TOML file of config keys (flat or a [train] table).")] = None,
+    model: Annotated[str | None, typer.Option(help="'embedded' (default), a local HF directory or a hub name.")] = None,
+    reward: Annotated[str | None, typer.Option(help="vader | periods | imdb | classifier:DIR | python:mod:fn")] = None,
+    prompts: Annotated[str | None, typer.Option(help="Prompt file; default: the model's default prompt set.")] = None,
+    out: Annotated[str | None, typer.Option(help="Run directory (default runs/<model>-<reward>-s<seed>).")] = None,
+    steps: Annotated[int | None, typer.Option(help="PPO updates.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every generator.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+) -> None:
+    """Fine-tune a model with PPO against a reward; writes base/, tuned/, metrics.csv, samples.jsonl, curves.png."""
+    from rlhf_interp.ppo import run_training
+    from rlhf_interp.ppo.config import parse_cli_overrides
+
+    named = {"model": model, "reward": reward, "prompts": prompts, "out": out, "steps": steps, "seed": seed}
+    overrides = {k: v for k, v in named.items() if v is not None}
+    overrides.update(parse_cli_overrides(list(ctx.args)))
+    summary = run_training(config, overrides, resume=resume, overwrite=overwrite)
+    before, after = summary["eval_before"], summary["eval_after"]
+    typer.echo(
+        f"{summary['steps']} updates, {summary['episodes']} episodes in {summary['train_seconds']:.0f} s; "
+        f"eval score {before['score_mean']:+.3f} -> {after['score_mean']:+.3f}, KL {after['kl']:.2f} nats/sequence, "
+        f"distinct-2 {before['distinct_2']:.2f} -> {after['distinct_2']:.2f}"
+    )
+    typer.echo(f"run written to {summary['run']}")
+
+
+@app.command("train-keys")
+def train_keys() -> None:
+    """List every training config key with its default and meaning."""
+    from rlhf_interp.ppo.config import help_text
+
+    typer.echo(help_text())
+
+
 def main() -> None:
     """Console-script entry point: one-line errors with exit code 2 for bad input."""
     try:

@@ -58,7 +58,7 @@ def test_dir_without_weights_and_pickled_weights(tmp_path):
     d = tmp_path / "m"
     shutil.copytree(EMBEDDED_DIR, d)
     (d / "model.safetensors").unlink()
-    with pytest.raises(UserError, match="no \\*.safetensors"):
+    with pytest.raises(UserError, match=r"no \*\.safetensors"):
         resolve_model_spec(d)
     (d / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(UserError, match="never loaded"):

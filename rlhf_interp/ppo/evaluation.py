@@ -1,0 +1,57 @@
+"""The fixed evaluation set of a run: the same prompts and sampling seed at every evaluation, so that numbers from
+before training, during it and after it are comparable (mean score of the run's reward, KL to the base, text stats).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf_interp.ppo.config import TrainConfig
+from rlhf_interp.ppo.core import kl_estimates, logprobs_of
+from rlhf_interp.ppo.rollout import forward_response
+from rlhf_interp.rewards import RewardFn, check_scores
+from rlhf_interp.sampling import decode_responses, sample
+from rlhf_interp.text_stats import distinct_n, repetition_rate
+
+MAX_EVAL_PROMPTS = 32
+
+
+def eval_prompts(prompts: list[str], per_prompt: int) -> list[str]:
+    unique = list(dict.fromkeys(prompts))[:MAX_EVAL_PROMPTS]
+    return [p for p in unique for _ in range(per_prompt)]
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy: PreTrainedModel,
+    ref: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    cfg: TrainConfig,
+    reward_fn: RewardFn,
+) -> dict[str, Any]:
+    """Sample the evaluation set with a fixed seed; score it; KL(policy || base) summed over each response."""
+    batch = eval_prompts(prompts, cfg.eval_samples_per_prompt)
+    gen = torch.Generator().manual_seed(cfg.seed + 12_345)
+    s = sample(policy, tokenizer, batch, cfg.response_length, temperature=cfg.temperature, top_k=cfg.top_k,
+               top_p=cfg.top_p, generator=gen)
+    texts = decode_responses(tokenizer, s)
+    scored = [p + t for p, t in zip(batch, texts, strict=True)] if cfg.reward_text == "prompt+response" else texts
+    scores = torch.tensor(check_scores(cfg.reward, reward_fn, scored))
+    ref_logits, _ = forward_response(ref, s.query_ids, s.query_mask, s.response_ids, cfg)
+    k1, _ = kl_estimates(s.logprobs, logprobs_of(ref_logits, s.response_ids))
+    kl_seq = (k1 * s.response_mask).sum(-1)
+    return {
+        "score_mean": scores.mean().item(),
+        "score_std": scores.std().item(),
+        "kl": kl_seq.mean().item(),
+        "response_len": s.response_mask.sum(-1).float().mean().item(),
+        "eos_rate": (s.response_mask.sum(-1) < s.response_mask.shape[1]).float().mean().item(),
+        "distinct_2": distinct_n(texts, 2),
+        "repetition_3": repetition_rate(texts, 3),
+        "samples": [{"prompt": p, "response": t, "score": float(sc)}
+                    for p, t, sc in zip(batch, texts, scores.tolist(), strict=True)],
+    }

@@ -1,0 +1,135 @@
+"""The run directory: its layout, its tables (kept in memory, written atomically), and preparing it safely.
+
+    run/config.toml      resolved configuration        run/metrics.csv    one row per update
+    run/base/            the starting model (HF)       run/eval.csv       the evaluation set, before/during/after
+    run/tuned/           the trained policy (HF)       run/samples.jsonl  eval and rollout samples per logged update
+    run/checkpoint/      trainer state for --resume    run/summary.json   before/after numbers, timings
+    run/curves.png       training curves
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rlhf_interp.errors import UserError
+from rlhf_interp.io import atomic_write_text
+from rlhf_interp.ppo.config import TrainConfig, apply_overrides, load_toml, to_toml, validate
+
+RESUMABLE_KEYS = {"steps", "device", "out"}  # what may change when a run is resumed
+
+
+@dataclass
+class RunFiles:
+    root: Path
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    base = property(lambda self: self.root / "base")
+    tuned = property(lambda self: self.root / "tuned")
+    checkpoint = property(lambda self: self.root / "checkpoint")
+
+    def add_metrics(self, row: dict[str, Any]) -> None:
+        self.metrics.append(row)
+        self.flush()
+
+    def add_samples(self, step: int, split: str, prompts: list[str], texts: list[str], scores: list[float]) -> None:
+        self.samples += [{"step": step, "split": split, "prompt": p, "response": t, "score": s}
+                         for p, t, s in zip(prompts, texts, scores, strict=True)]
+
+    def add_eval(self, step: int, result: dict[str, Any]) -> None:
+        self.evals.append({"step": step, **{k: v for k, v in result.items() if k != "samples"}})
+        for row in result["samples"]:
+            self.samples.append({"step": step, "split": "eval", **row})
+        self.flush()
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"metrics": self.metrics, "evals": self.evals, "samples": self.samples}
+
+    def restore(self, tables: dict[str, list[dict[str, Any]]]) -> None:
+        self.metrics, self.evals, self.samples = tables["metrics"], tables["evals"], tables["samples"]
+        self.flush()
+
+    def flush(self) -> None:
+        """Rewrite the tables atomically (small files; a kill never leaves a torn one)."""
+        if self.metrics:
+            atomic_write_text(self.root / "metrics.csv", pd.DataFrame(self.metrics).to_csv(index=False))
+        if self.evals:
+            atomic_write_text(self.root / "eval.csv", pd.DataFrame(self.evals).to_csv(index=False))
+        atomic_write_text(self.root / "samples.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.samples))
+
+    def finish(self, cfg: TrainConfig) -> dict[str, Any]:
+        from rlhf_interp.plots.training import plot_training_curves
+
+        before, after = self.evals[0], self.evals[-1]
+        summary = {
+            "run": str(self.root),
+            "model": cfg.model,
+            "reward": cfg.reward,
+            "steps": len(self.metrics),
+            "episodes": len(self.metrics) * cfg.batch_size,
+            "train_seconds": self.metrics[-1]["time_s"] if self.metrics else 0.0,
+            "eval_before": before,
+            "eval_after": after,
+            "score_gain": after["score_mean"] - before["score_mean"],
+        }
+        atomic_write_text(self.root / "summary.json", json.dumps(summary, indent=1))
+        if self.metrics:
+            plot_training_curves(pd.DataFrame(self.metrics), pd.DataFrame(self.evals), self.root / "curves.png")
+        return summary
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    model = "embedded" if cfg.model == "embedded" else Path(cfg.model.rstrip("/")).name
+    reward = cfg.reward.split(":")[0]
+    return Path("runs") / f"{model}-{reward}-s{cfg.seed}"
+
+
+def _check_writable(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise UserError(f"output {root} is a file; pass a directory with --out")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {root} is not writable ({e.strerror}); pass another --out") from e
+
+
+def prepare_run(cfg: TrainConfig, requested: dict[str, Any], resume: bool, overwrite: bool
+                ) -> tuple[TrainConfig, RunFiles]:
+    """Decide the run directory, refuse to clobber an existing run, and save the resolved config."""
+    root = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+    if root.exists() and not root.is_dir():
+        raise UserError(f"output {root} is a file; pass a directory with --out")
+    if resume:
+        saved = root / "config.toml"
+        if not saved.is_file():
+            raise UserError(f"cannot resume: {root} holds no run (no config.toml); start it without --resume")
+        saved_cfg = apply_overrides(TrainConfig(), load_toml(saved), str(saved))
+        cfg = validate(apply_overrides(saved_cfg, requested, "command line"))
+        differing = sorted(k for k in requested if k not in RESUMABLE_KEYS and getattr(cfg, k) != getattr(saved_cfg, k))
+        if differing:
+            raise UserError(f"cannot change {', '.join(differing)} when resuming {root} (only steps/device may change)")
+    elif root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise UserError(f"{root} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        if not (root / "config.toml").exists():
+            raise UserError(f"{root} is not empty and is not a run directory; refusing to --overwrite it")
+        for child in root.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else os.unlink(child)
+    _check_writable(root)
+    cfg = apply_overrides(cfg, {"out": str(root)}, "run")
+    atomic_write_text(root / "config.toml", to_toml(cfg))
+    return cfg, RunFiles(root)

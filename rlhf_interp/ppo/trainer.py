@@ -1,0 +1,277 @@
+"""`rlhf-interp train`: PPO for RLHF on a causal LM, in the order the algorithm runs.
+
+    for each update:
+        rollout      sample responses; old log-probs and values from the sampling passes; reference log-probs
+        score        the reward on the decoded text (+ optional missing-EOS penalty, optional score whitening)
+        shape        per-token reward = -beta * KL_t, plus the score at the last response token
+        advantages   GAE(gamma, lambda) with the rollout's values; whitened over valid tokens
+        optimise     ppo_epochs x reshuffled minibatches: clipped policy loss + vf_coef * clipped value loss
+                     - ent_coef * entropy; gradient clipping; non-finite steps skipped
+        adapt        the KL coefficient (if adaptive)
+        log / save   metrics.csv, samples.jsonl, eval.csv; atomic checkpoint every save_every updates
+
+The policy is a plain `transformers` model kept in eval mode (dropout off) throughout; gradients still flow.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_interp.errors import UserError
+from rlhf_interp.models import load_causal_lm, resolve_model_spec, save_model
+from rlhf_interp.ppo import core
+from rlhf_interp.ppo.checkpoint import load_checkpoint, optimizer_from_flat, save_checkpoint
+from rlhf_interp.ppo.config import TrainConfig
+from rlhf_interp.ppo.evaluation import evaluate_policy
+from rlhf_interp.ppo.rollout import Rollout, collect_rollout, forward_response, reward_texts
+from rlhf_interp.ppo.rundir import RunFiles
+from rlhf_interp.ppo.value_head import ValueHead, hidden_size
+from rlhf_interp.progress import progress_bar
+from rlhf_interp.prompts import default_prompts, load_prompts
+from rlhf_interp.rewards import RewardError, check_scores, get_reward
+from rlhf_interp.sampling import check_fits_context, prompt_token_ids
+from rlhf_interp.text_stats import distinct_n, repetition_rate
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrainerState:
+    """What changes from update to update besides the weights (all JSON-able)."""
+
+    step: int = 0
+    kl_coef: float = 0.0
+    score_moments: dict[str, float] = field(default_factory=dict)
+    bad_updates: int = 0
+    elapsed_s: float = 0.0
+
+
+class PPOTrainer:
+    """Holds the models, optimizer and generators of one run; `train()` runs the loop."""
+
+    def __init__(self, cfg: TrainConfig, files: RunFiles) -> None:
+        self.cfg, self.files = cfg, files
+        self.device = resolve_device(cfg.device)
+        source = resolve_model_spec(cfg.model)
+        self.prompts = load_prompts(cfg.prompts) if cfg.prompts else default_prompts(source.is_embedded)
+        self.reward_fn = get_reward(cfg.reward, label=cfg.classifier_label, output=cfg.classifier_output)
+        self.policy, self.tokenizer = load_causal_lm(source, device=str(self.device))
+        lengths = [len(prompt_token_ids(self.tokenizer, p)) for p in self.prompts]
+        check_fits_context(self.policy, self.prompts, lengths, cfg.response_length)
+        # the frozen reference: the base model, never updated  # KL against the frozen base: N details #4
+        self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.value_head = ValueHead(hidden_size(self.policy)).to(self.device)
+        # separate learning rates for body and head  # N details #9
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": list(self.policy.parameters()), "lr": cfg.lr},
+                {"params": list(self.value_head.parameters()), "lr": cfg.value_lr},
+            ],
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+        )
+        self.kl_ctl = core.KLController(cfg.kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.kl_horizon)
+        self.moments = core.RunningMoments()
+        self.state = TrainerState(kl_coef=cfg.kl_coef)
+        # one generator per purpose, so that resuming restores each stream exactly  # seeding: N details #11
+        self.generators = {
+            "rollout": torch.Generator().manual_seed(cfg.seed),
+            "shuffle": torch.Generator().manual_seed(cfg.seed + 1),
+        }
+        self.stop_requested = False
+
+    # --- the loop --------------------------------------------------------------------------------------------------
+    def train(self, resume: bool) -> dict[str, Any]:
+        cfg, files = self.cfg, self.files
+        if resume and files.checkpoint.exists():
+            self._load(files.checkpoint)
+        else:
+            save_model(self.policy, self.tokenizer, files.base)
+        if not files.evals:  # the "before" numbers
+            files.add_eval(0, self._evaluate())
+        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        try:
+            with progress_bar() as bar:
+                task = bar.add_task("train", total=cfg.steps, completed=self.state.step, info="")
+                while self.state.step < cfg.steps and not self.stop_requested:
+                    self._update()
+                    last = files.metrics[-1]
+                    info = f"score {last['score_mean']:+.3f}  KL {last['kl_k1']:.3f}  beta {last['kl_coef']:.3g}"
+                    bar.update(task, completed=self.state.step, info=info)
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+        if self.stop_requested:
+            self._save()
+            raise KeyboardInterrupt
+        if not files.evals or files.evals[-1]["step"] != self.state.step:
+            files.add_eval(self.state.step, self._evaluate())
+        self._save()
+        save_model(self.policy, self.tokenizer, files.tuned)
+        return files.finish(cfg)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        # Ctrl-C: finish the current update, save, exit (a second Ctrl-C interrupts at once)
+        self.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _update(self) -> None:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        rng_before = {k: g.get_state() for k, g in self.generators.items()}
+        # 1. rollout
+        idx = torch.randint(0, len(self.prompts), (cfg.batch_size,), generator=self.generators["rollout"])
+        prompts = [self.prompts[i] for i in idx.tolist()]
+        self.policy.eval()  # dropout off in policy, reference and value head  # N details #9
+        r = collect_rollout(self.policy, self.ref, self.value_head, self.tokenizer, prompts, cfg,
+                            self.generators["rollout"])
+        # 2. score
+        try:
+            raw_scores = check_scores(cfg.reward, self.reward_fn, reward_texts(r, cfg))
+        except RewardError:
+            self._save(rng_override=rng_before)  # the state at the start of this update: --resume retries it
+            raise
+        scores = torch.tensor(raw_scores, dtype=torch.float32, device=self.device)
+        if cfg.missing_eos_penalty:
+            scores = scores - cfg.missing_eos_penalty * (~r.has_eos).float()  # N details #2
+        r.scores = scores
+        if cfg.whiten_scores:  # running score normalisation  # N details #6
+            self.moments.update(scores)
+            scores = (scores - self.moments.mean) / max(self.moments.std, 1e-8)
+        # 3. shape: per-token KL penalty with the score at the last token
+        k1, k3 = core.kl_estimates(r.logprobs, r.ref_logprobs)
+        rewards, non_score = core.compute_rewards(scores, k1, self.kl_ctl.value, r.mask)
+        # 4. advantages
+        advantages, returns = core.compute_gae(rewards, r.values, r.mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = core.masked_whiten(advantages, r.mask)
+        # 5. optimise
+        opt_stats = self._optimise(r, advantages, returns)
+        # 6. adapt beta on the rollout's mean per-sequence KL
+        kl_seq = (k1 * r.mask).sum(-1)
+        kl_coef_used = self.kl_ctl.value
+        self.kl_ctl.update(kl_seq.mean().item(), cfg.batch_size)
+        # 7. log
+        self.state.step += 1
+        elapsed = time.perf_counter() - t0
+        self.state.elapsed_s += elapsed
+        lengths = r.mask.sum(-1).float()
+        self.files.add_metrics({
+            "step": self.state.step,
+            "episodes": self.state.step * cfg.batch_size,
+            "score_mean": r.scores.mean().item(),
+            "score_std": r.scores.std().item(),
+            "reward_total": (rewards.sum(-1)).mean().item(),
+            "reward_kl": non_score.sum(-1).mean().item(),
+            "kl_k1": kl_seq.mean().item(),
+            "kl_k3": (k3 * r.mask).sum(-1).mean().item(),
+            "kl_coef": kl_coef_used,
+            **opt_stats,
+            "explained_var": core.explained_variance(r.values, returns, r.mask),
+            "response_len": lengths.mean().item(),
+            "eos_rate": r.has_eos.float().mean().item(),
+            "distinct_2": distinct_n(r.texts, 2),
+            "repetition_3": repetition_rate(r.texts, 3),
+            "episodes_per_s": cfg.batch_size / elapsed,
+            "time_s": self.state.elapsed_s,
+        })
+        if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
+            self.files.add_samples(self.state.step, "rollout", r.prompts[:8], r.texts[:8], r.scores[:8].tolist())
+            self.files.add_eval(self.state.step, self._evaluate())
+        if self.state.step % cfg.save_every == 0 and self.state.step < cfg.steps:
+            self._save()
+            save_model(self.policy, self.tokenizer, self.files.tuned)
+
+    def _optimise(self, r: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        """ppo_epochs passes of reshuffled minibatches  # N details #9; CleanRL ppo.py"""
+        cfg = self.cfg
+        mb_size = cfg.batch_size // cfg.minibatches
+        sums: dict[str, float] = {}
+        n, skipped = 0, 0
+        self.policy.eval()
+        for _epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(cfg.batch_size, generator=self.generators["shuffle"]).to(self.device)
+            for start in range(0, cfg.batch_size, mb_size):
+                mb = perm[start : start + mb_size]
+                mb_mask = r.mask[mb]
+                logits, hidden = forward_response(self.policy, r.query_ids[mb], r.query_mask[mb],
+                                                  r.response_ids[mb], cfg, output_hidden=True)
+                assert hidden is not None
+                mb_logp = core.logprobs_of(logits, r.response_ids[mb])
+                mb_values = self.value_head(hidden)
+                pg_loss, pg_stats = core.clipped_policy_loss(mb_logp, r.logprobs[mb], advantages[mb], mb_mask,
+                                                             cfg.cliprange)
+                vf_loss, vf_clipfrac = core.clipped_value_loss(mb_values, r.values[mb], returns[mb], mb_mask,
+                                                               cfg.cliprange_value)
+                entropy = core.masked_mean(core.entropy_from_logits(logits), mb_mask)
+                loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for g in self.opt.param_groups for p in g["params"]]
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                    skipped += 1  # NaN/inf in loss or gradients: skip this step, keep the weights
+                    self.opt.zero_grad(set_to_none=True)
+                    continue
+                self.opt.step()
+                stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": entropy.item(),
+                         "vf_clipfrac": vf_clipfrac.item(), "grad_norm": grad_norm.item(),
+                         **{k: v.item() for k, v in pg_stats.items()}}
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
+        total = cfg.ppo_epochs * cfg.minibatches
+        self.state.bad_updates = self.state.bad_updates + 1 if skipped == total else 0
+        if self.state.bad_updates >= cfg.max_bad_updates:
+            self._save()
+            raise UserError(f"{self.state.bad_updates} consecutive updates had NaN/inf losses or gradients (all "
+                            f"steps skipped); state saved at update {self.state.step}: lower --lr or check the reward")
+        keys = ["policy_loss", "value_loss", "entropy", "clipfrac", "approx_kl", "ratio", "vf_clipfrac", "grad_norm"]
+        out = {k: (sums[k] / n if n else float("nan")) for k in keys}
+        out["skipped_steps"] = skipped
+        return out
+
+    def _evaluate(self) -> dict[str, Any]:
+        try:
+            return evaluate_policy(self.policy, self.ref, self.tokenizer, self.prompts, self.cfg, self.reward_fn)
+        except RewardError:
+            self._save()  # a consistent state between updates: --resume continues from here
+            raise
+
+    # --- saving and resuming ---------------------------------------------------------------------------------------
+    def _save(self, rng_override: dict[str, torch.Tensor] | None = None) -> None:
+        generators = self.generators
+        if rng_override is not None:
+            generators = {k: torch.Generator().set_state(v) for k, v in rng_override.items()}
+        self.state.kl_coef = self.kl_ctl.value
+        self.state.score_moments = {"mean": self.moments.mean, "var": self.moments.var, "count": self.moments.count}
+        state = {"trainer": self.state.__dict__, "tables": self.files.tables()}
+        save_checkpoint(self.files.checkpoint, self.policy, self.tokenizer, self.value_head, self.opt, generators,
+                        state)
+        self.files.flush()
+
+    def _load(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        policy, _ = load_causal_lm(str(path / "policy"), device=str(self.device))
+        self.policy.load_state_dict(policy.state_dict())
+        self.value_head.load_state_dict({k: v.to(self.device) for k, v in ckpt["value_head"].items()})
+        optimizer_from_flat(self.opt, ckpt["optimizer"], ckpt["state"]["optimizer"])
+        for name, g in self.generators.items():
+            g.set_state(ckpt["rng"][name])
+        self.state = TrainerState(**ckpt["state"]["trainer"])
+        self.kl_ctl.value = self.state.kl_coef
+        self.moments = core.RunningMoments(**self.state.score_moments) if self.state.score_moments else \
+            core.RunningMoments()
+        self.files.restore(ckpt["state"]["tables"])
