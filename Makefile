@@ -16,8 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
+RUN ?= runs/demo
+
 demo: setup
-	$(VENV)/bin/rlhf-interp sample embedded -n 2 --max-new-tokens 32
+	$(VENV)/bin/rlhf-interp train --out $(RUN) --overwrite
+	$(VENV)/bin/rlhf-interp sample $(RUN)/tuned -n 1 --max-new-tokens 32
 
 test: setup
 	$(VENV)/bin/ruff check .

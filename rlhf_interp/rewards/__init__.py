@@ -41,7 +41,7 @@ def _classifier(arg: str, options: dict[str, Any]) -> RewardFn:
 def _imdb(arg: str, options: dict[str, Any]) -> RewardFn:
     from rlhf_interp.rewards.imdb import ImdbReward
 
-    return ImdbReward()
+    return ImdbReward(output=options.get("output", "prob"))
 
 
 def _python(arg: str, options: dict[str, Any]) -> RewardFn:
