@@ -100,6 +100,39 @@ def train(
     typer.echo(f"run written to {summary['run']}")
 
 
+@app.command()
+def compare(
+    base: Annotated[str, typer.Argument(help="Base model: HF directory, 'embedded', hub name, or a run directory.")],
+    tuned: Annotated[str | None, typer.Argument(help="Tuned model (omit when BASE is a run directory).")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="Prompt file; default: the model's default prompt set.")] = None,
+    metric: Annotated[str, typer.Option(help="logit_diff (default) or target:TEXT.")] = "logit_diff",
+    analyses: Annotated[str, typer.Option(help="Comma-separated analyses, or 'all'.")] = "all",
+    out: Annotated[Path | None, typer.Option(help="Output directory (default compare-out/<tuned name>).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and bootstrap.")] = 0,
+    reward: Annotated[str, typer.Option(help="Reward for the behaviour analysis.")] = "vader",
+    positive: Annotated[str | None, typer.Option(help="Positive words: comma list or @file.")] = None,
+    negative: Annotated[str | None, typer.Option(help="Negative words: comma list or @file.")] = None,
+) -> None:
+    """Compare BASE and TUNED: behaviour, logits, logit lens, DLA, ablations, patching, attention and weight diffs."""
+    import json
+
+    from rlhf_interp.analysis import compare as run_compare
+
+    if out is None:
+        out = Path("compare-out") / Path((tuned or base).rstrip("/")).name
+    run_compare(base, tuned, prompts=prompts, metric=metric, analyses=analyses, out=out, seed=seed, reward=reward,
+                positive=positive, negative=negative)
+    summary = json.loads((out / "summary.json").read_text())
+    m = summary["metric"]
+    typer.echo(f"{m['name']}: base {m['base']:+.3f}, tuned {m['tuned']:+.3f}, gap {m['gap']:+.3f} "
+               f"over {summary['prompts']} prompts")
+    top = summary["top"].get("patching_heads") or []
+    if top:
+        typer.echo("top heads by patching (tuned->base): " + ", ".join(
+            f"L{t['layer']}H{t['head']} {t['effect']:+.2f}" for t in top[:3]))
+    typer.echo(f"tables written to {out / 'tables'}")
+
+
 @app.command("train-keys")
 def train_keys() -> None:
     """List every training config key with its default and meaning."""

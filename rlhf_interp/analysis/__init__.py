@@ -1,0 +1,202 @@
+"""`compare`: everything `rlhf-interp compare BASE TUNED` computes, as tidy pandas DataFrames.
+
+Each analysis is one module with one function of the loaded pair; adding one is a module plus one line in ANALYSES.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rlhf_interp.errors import UserError
+
+# name -> (function(pair, ctx) -> {table name: DataFrame}); ordered: later ones may read earlier tables
+ANALYSES: dict[str, Callable[[Any, dict[str, Any]], dict[str, pd.DataFrame]]] = {}
+
+
+def register(name: str) -> Callable:
+    def deco(fn: Callable) -> Callable:
+        ANALYSES[name] = fn
+        return fn
+
+    return deco
+
+
+@register("behaviour")
+def _behaviour(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.behaviour import behaviour
+
+    return behaviour(pair, ctx["reward"], ctx["samples_per_prompt"], ctx["new_tokens"], ctx["seed"])
+
+
+@register("logit_diff")
+def _logit_diff(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.logits import logit_diff, token_shift
+
+    return {"logit_diff": logit_diff(pair, ctx["seed"]), "token_shift": token_shift(pair)}
+
+
+@register("logit_lens")
+def _logit_lens(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.lens import logit_lens
+
+    return {"logit_lens": logit_lens(pair)}
+
+
+@register("dla")
+def _dla(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.dla import dla_tables
+
+    return dla_tables(pair)
+
+
+@register("ablation")
+def _ablation(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.ablation import ablation
+
+    return {"ablation": ablation(pair)}
+
+
+@register("patching")
+def _patching(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.patching import patching_head_pos, patching_heads, patching_layers
+
+    heads = patching_heads(pair)
+    return {"patching_layers": patching_layers(pair), "patching_heads": heads,
+            "patching_head_pos": patching_head_pos(pair, heads)}
+
+
+@register("attribution_patching")
+def _attribution(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.attribution import attribution_patching, join_exact
+
+    tables = ctx["tables"]
+    return {"attribution_patching": join_exact(attribution_patching(pair), tables.get("patching_heads"),
+                                               tables.get("patching_layers"))}
+
+
+@register("attention_diff")
+def _attention(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.attention import attention_diff
+
+    return {"attention_diff": attention_diff(pair)}
+
+
+@register("weight_diff")
+def _weights(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.weights import weight_diff
+
+    return {"weight_diff": weight_diff(pair)}
+
+
+@register("direction")
+def _direction(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.direction import direction
+
+    return {"direction": direction(pair, ctx["seed"])}
+
+
+def parse_analyses(spec: str | list[str] | None) -> list[str]:
+    if spec is None or spec == "all" or spec == ["all"]:
+        return list(ANALYSES)
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    unknown = [n for n in names if n not in ANALYSES]
+    if unknown:
+        raise UserError(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)} or all")
+    return [n for n in ANALYSES if n in names]  # registry order
+
+
+def compare(
+    base: str,
+    tuned: str | None = None,
+    prompts: str | Path | list[str] | None = None,
+    metric: str = "logit_diff",
+    analyses: str | list[str] | None = "all",
+    out: str | Path | None = None,
+    seed: int = 0,
+    reward: str = "vader",
+    samples_per_prompt: int = 4,
+    new_tokens: int = 32,
+    positive: str | None = None,
+    negative: str | None = None,
+    device: str = "cpu",
+) -> dict[str, pd.DataFrame]:
+    """Load BASE and TUNED (or a run directory's base/ and tuned/), run the analyses, return their tables.
+
+    With `out`, also writes OUT/tables/<name>.csv, OUT/samples.jsonl and OUT/summary.json (atomically).
+    """
+    import torch
+
+    from rlhf_interp.analysis.pair import load_pair, resolve_pair
+    from rlhf_interp.progress import progress_bar
+    from rlhf_interp.prompts import default_prompts, load_prompts
+
+    names = parse_analyses(analyses)
+    if out is not None:
+        _check_out(Path(out))
+    base_src, tuned_src = resolve_pair(base, tuned)
+    if prompts is None:
+        prompt_list = default_prompts(base_src.is_embedded or _is_embedded_run(base_src))
+    elif isinstance(prompts, list):
+        prompt_list = prompts
+    else:
+        prompt_list = load_prompts(prompts)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    pair = load_pair(base_src, tuned_src, prompt_list, metric, positive, negative, device=device)
+    timings: dict[str, float] = {"load": time.perf_counter() - t0}
+    ctx: dict[str, Any] = {"seed": seed, "reward": reward, "samples_per_prompt": samples_per_prompt,
+                           "new_tokens": new_tokens, "tables": {}}
+    with progress_bar() as bar:
+        task = bar.add_task("compare", total=len(names), info="")
+        for name in names:
+            bar.update(task, info=name)
+            t = time.perf_counter()
+            ctx["tables"].update(ANALYSES[name](pair, ctx))
+            timings[name] = time.perf_counter() - t
+            bar.advance(task)
+    tables: dict[str, pd.DataFrame] = ctx["tables"]
+    if out is not None:
+        from rlhf_interp.analysis.summary import build_summary, write_outputs
+
+        summary = build_summary(pair, tables, timings, seed)
+        write_outputs(Path(out), tables, summary)
+    return tables
+
+
+def _is_embedded_run(source: Any) -> bool:
+    from rlhf_interp.models import EMBEDDED_DIR
+
+    if source.path is None:
+        return False
+    try:
+        return (source.path / "model.safetensors").read_bytes() == (EMBEDDED_DIR / "model.safetensors").read_bytes()
+    except OSError:
+        return False
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} is a file; pass a directory with --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").write_text("")
+        (out / ".write-test").unlink()
+    except OSError as e:
+        raise UserError(f"output directory {out} is not writable ({e.strerror})") from e
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+__all__ = ["ANALYSES", "compare", "file_sha256"]

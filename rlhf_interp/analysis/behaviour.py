@@ -1,0 +1,57 @@
+"""`behaviour`: what the two models actually write. Samples from both (plain HF models, same seed and prompts), the
+reward of each sample, text statistics (length, EOS rate, distinct-n, repetition), and the exact per-token
+KL(tuned ‖ base) = Σ_v p_tuned(v) log(p_tuned(v) / p_base(v)) along each tuned sample (`token_kl`)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from rlhf_interp.analysis.pair import ModelPair
+from rlhf_interp.rewards import check_scores, get_reward
+from rlhf_interp.sampling import decode_responses, position_ids_from_mask, sample
+from rlhf_interp.text_stats import distinct_n, repetition_rate
+
+
+@torch.no_grad()
+def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 4, new_tokens: int = 32,
+              seed: int = 0) -> dict[str, pd.DataFrame]:
+    reward_fn = get_reward(reward)
+    batch = [p for p in pair.prompts for _ in range(samples_per_prompt)]
+    rows, kl_rows, summary = [], [], []
+    for model_name, model in (("base", pair.base_hf), ("tuned", pair.tuned_hf)):
+        s = sample(model, pair.tokenizer, batch, new_tokens, generator=torch.Generator().manual_seed(seed))
+        texts = decode_responses(pair.tokenizer, s)
+        scores = check_scores(reward, reward_fn, texts)
+        lengths = s.response_mask.sum(-1)
+        has_eos = lengths < s.response_mask.shape[1]
+        for i, (p, t, sc) in enumerate(zip(batch, texts, scores, strict=True)):
+            rows.append({"model": model_name, "sample": i, "prompt": p, "response": t, "reward": sc,
+                         "length": int(lengths[i]), "eos": bool(has_eos[i])})
+        summary.append({"model": model_name, "reward_mean": float(torch.tensor(scores).mean()),
+                        "reward_std": float(torch.tensor(scores).std()), "length_mean": lengths.float().mean().item(),
+                        "eos_rate": has_eos.float().mean().item(), "distinct_1": distinct_n(texts, 1),
+                        "distinct_2": distinct_n(texts, 2), "distinct_3": distinct_n(texts, 3),
+                        "repetition_3": repetition_rate(texts, 3)})
+        if model_name == "tuned":
+            kl_rows = _token_kl(pair, s)
+    kl = pd.DataFrame(kl_rows)
+    summary_df = pd.DataFrame(summary)
+    summary_df["kl_per_sequence"] = [float("nan"), kl.groupby("sample").kl.sum().mean() if len(kl) else float("nan")]
+    return {"behaviour": pd.DataFrame(rows), "behaviour_summary": summary_df, "token_kl": kl}
+
+
+def _token_kl(pair: ModelPair, s: object) -> list[dict]:
+    ids = torch.cat([s.query_ids, s.response_ids], 1)
+    mask = torch.cat([s.query_mask, torch.ones_like(s.response_mask)], 1)
+    kwargs = {"attention_mask": mask.long(), "position_ids": position_ids_from_mask(mask)}
+    q = s.query_ids.shape[1]
+    lt = pair.tuned_hf(ids, **kwargs).logits[:, q - 1 : -1].float().log_softmax(-1)
+    lb = pair.base_hf(ids, **kwargs).logits[:, q - 1 : -1].float().log_softmax(-1)
+    kl = (lt.exp() * (lt - lb)).sum(-1)  # (batch, resp)
+    rows = []
+    for i in range(ids.shape[0]):
+        for t in range(int(s.response_mask[i].sum())):
+            token = int(s.response_ids[i, t])
+            rows.append({"sample": i, "pos": t, "token": pair.tokenizer.decode([token]), "kl": kl[i, t].item()})
+    return rows

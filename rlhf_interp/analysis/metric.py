@@ -1,0 +1,112 @@
+"""The metric every component analysis explains.
+
+`logit_diff` (default): at the next-token position after each prompt, the mean logit over a set of positive
+sentiment tokens minus the mean over negative ones. It is linear in the final residual stream (after the final
+LayerNorm), so direct logit attribution and the logit lens decompose it exactly.
+
+`target:TEXT`: the summed log-prob of the continuation TEXT after each prompt (not linear: DLA and the logit lens
+are skipped for it, the causal analyses use it as is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from rlhf_interp.errors import UserError
+
+POSITIVE_WORDS = ("great", "good", "excellent", "wonderful", "amazing", "brilliant", "beautiful", "fantastic",
+                  "perfect", "lovely", "nice", "fun", "enjoyable", "superb", "awesome", "delightful", "charming")
+NEGATIVE_WORDS = ("bad", "terrible", "awful", "boring", "poor", "horrible", "weak", "disappointing", "dull",
+                  "stupid", "ugly", "lame", "pathetic", "dreadful", "annoying", "painful", "mediocre")
+MIN_WORDS = 3
+
+
+def single_token_ids(tokenizer: PreTrainedTokenizerBase, words: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """Words (with a leading space, as they follow a prompt) that are one token in this vocabulary."""
+    found = {}
+    for w in words:
+        ids = tokenizer(" " + w.strip(), add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            found[w.strip()] = ids[0]
+    return found
+
+
+@dataclass
+class Metric:
+    """A per-prompt scalar computed from logits; `direction` is set when it is linear in the final residual."""
+
+    name: str
+    positive: dict[str, int] = field(default_factory=dict)
+    negative: dict[str, int] = field(default_factory=dict)
+    target: str = ""
+    target_ids: list[int] = field(default_factory=list)
+
+    @property
+    def linear(self) -> bool:
+        return self.name == "logit_diff"
+
+    def extend_tokens(self, tokens: Tensor) -> Tensor:
+        """The tokens the models must see: the prompt (+ the target continuation minus its last token)."""
+        if not self.target_ids or len(self.target_ids) == 1:
+            return tokens
+        extra = torch.tensor(self.target_ids[:-1], dtype=tokens.dtype, device=tokens.device)
+        return torch.cat([tokens, extra.expand(tokens.shape[0], -1)], dim=1)
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        """(batch, pos, vocab) logits -> (batch,) metric per prompt."""
+        if self.name == "logit_diff":
+            last = logits[:, -1, :].float()
+            return last[:, list(self.positive.values())].mean(-1) - last[:, list(self.negative.values())].mean(-1)
+        t = len(self.target_ids)
+        logp = logits[:, -t:, :].float().log_softmax(-1)
+        ids = torch.tensor(self.target_ids, device=logits.device).expand(logits.shape[0], -1)
+        return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def direction(self, W_U: Tensor, b_U: Tensor | None) -> tuple[Tensor, float]:
+        """Unembedding direction (d_model,) and bias term such that metric = ln_final(resid) · direction + bias."""
+        if not self.linear:
+            raise ValueError(f"metric {self.name} is not linear in the residual stream")
+        pos, neg = list(self.positive.values()), list(self.negative.values())
+        direction = W_U[:, pos].mean(-1) - W_U[:, neg].mean(-1)
+        bias = 0.0 if b_U is None else float(b_U[pos].mean() - b_U[neg].mean())
+        return direction, bias
+
+
+def _words(spec: str | None, default: tuple[str, ...]) -> list[str]:
+    if not spec:
+        return list(default)
+    if spec.startswith("@"):
+        from pathlib import Path
+
+        path = Path(spec[1:])
+        if not path.is_file():
+            raise UserError(f"word list file not found: {path}")
+        return [w.strip() for w in path.read_text(encoding="utf-8").replace(",", "\n").splitlines() if w.strip()]
+    return [w.strip() for w in spec.split(",") if w.strip()]
+
+
+def build_metric(
+    spec: str, tokenizer: PreTrainedTokenizerBase, positive: str | None = None, negative: str | None = None
+) -> Metric:
+    """`logit_diff` (with optional comma lists or @files of positive/negative words) or `target:TEXT`."""
+    if spec == "logit_diff":
+        pos = single_token_ids(tokenizer, _words(positive, POSITIVE_WORDS))
+        neg = single_token_ids(tokenizer, _words(negative, NEGATIVE_WORDS))
+        if len(pos) < MIN_WORDS or len(neg) < MIN_WORDS:
+            raise UserError(f"logit_diff needs >= {MIN_WORDS} positive and negative words that are single tokens "
+                            f"in this vocabulary; found {sorted(pos)} / {sorted(neg)}: pass --positive/--negative")
+        overlap = set(pos.values()) & set(neg.values())
+        if overlap:
+            raise UserError(f"positive and negative words share tokens {sorted(overlap)}")
+        return Metric("logit_diff", positive=pos, negative=neg)
+    if spec.startswith("target:"):
+        text = spec[len("target:"):]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise UserError("metric target:TEXT needs a non-empty TEXT (e.g. 'target: great')")
+        return Metric(f"target:{text}", target=text, target_ids=list(ids))
+    raise UserError(f"unknown metric {spec!r}; use logit_diff or target:TEXT")

@@ -1,0 +1,123 @@
+"""A base/tuned pair loaded for analysis: two TransformerBridges (TransformerLens 4.x), the plain HF models for
+sampling, the shared tokenizer, the prompts as token batches of equal length, and the metric.
+
+Both bridges are booted in compatibility mode (LayerNorm folded, writing weights centred) so that residual-stream
+decompositions add up, with `fold_value_biases=False` so that a patched head carries its own model's value bias
+(see shared notes: with folding, cross-model hook_z patching keeps the receiver's value bias).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlhf_interp.analysis.metric import Metric
+from rlhf_interp.errors import UserError
+from rlhf_interp.models import ModelSource, load_bridge, load_causal_lm, resolve_model_spec
+from rlhf_interp.sampling import prompt_token_ids
+
+SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
+
+
+def resolve_pair(base: str, tuned: str | None) -> tuple[ModelSource, ModelSource]:
+    """BASE TUNED, or a run directory given once (its base/ and tuned/)."""
+    if tuned is None:
+        run = Path(base)
+        if not ((run / "base").is_dir() and (run / "tuned").is_dir()):
+            raise UserError(f"{base}: a single argument must be a run directory with base/ and tuned/; "
+                            "otherwise pass BASE TUNED")
+        return resolve_model_spec(run / "base"), resolve_model_spec(run / "tuned")
+    return resolve_model_spec(base), resolve_model_spec(tuned)
+
+
+def check_compatible(base_cfg: Any, tuned_cfg: Any, base_tok: Any, tuned_tok: Any) -> None:
+    diffs = [f"{k} {getattr(base_cfg, k, None)} vs {getattr(tuned_cfg, k, None)}" for k in SHAPE_KEYS
+             if getattr(base_cfg, k, None) != getattr(tuned_cfg, k, None)]
+    if diffs:
+        raise UserError(f"base and tuned models differ in shape: {', '.join(diffs)}")
+    bv, tv = base_tok.get_vocab(), tuned_tok.get_vocab()
+    if bv != tv:
+        only = len(set(bv.items()) ^ set(tv.items()))
+        raise UserError(f"base and tuned tokenizers differ ({len(bv)} vs {len(tv)} tokens, {only} entries differ); "
+                        "compare models that share a tokenizer")
+    for attr in ("bos_token_id", "eos_token_id"):
+        if getattr(base_tok, attr) != getattr(tuned_tok, attr):
+            raise UserError(f"base and tuned tokenizers differ in {attr}")
+
+
+@dataclass
+class ModelPair:
+    base_source: ModelSource
+    tuned_source: ModelSource
+    base: Any  # TransformerBridge
+    tuned: Any
+    base_hf: Any
+    tuned_hf: Any
+    tokenizer: Any
+    prompts: list[str]
+    metric: Metric
+    groups: list[tuple[list[int], Tensor]] = field(default_factory=list)  # (prompt indices, tokens (batch, pos))
+
+    def model(self, name: str) -> Any:
+        return {"base": self.base, "tuned": self.tuned}[name]
+
+    @property
+    def main_group(self) -> tuple[list[int], Tensor]:
+        """The largest set of prompts with equal token length (positions line up: used for per-position tables)."""
+        return max(self.groups, key=lambda g: (len(g[0]), -g[1].shape[1]))
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.base.cfg.n_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.base.cfg.n_heads)
+
+    def all_tokens(self) -> list[Tensor]:
+        return [tokens for _, tokens in self.groups]
+
+
+def group_prompts(tokenizer: Any, prompts: list[str], metric: Metric, n_ctx: int) -> list[tuple[list[int], Tensor]]:
+    """Prompts as batches of equal token length (no padding, so every position is real for both models)."""
+    by_len: dict[int, list[int]] = defaultdict(list)
+    encoded = [prompt_token_ids(tokenizer, p) for p in prompts]
+    for i, ids in enumerate(encoded):
+        by_len[len(ids)].append(i)
+    groups = []
+    for length in sorted(by_len):
+        idx = by_len[length]
+        tokens = metric.extend_tokens(torch.tensor([encoded[i] for i in idx], dtype=torch.long))
+        if tokens.shape[1] > n_ctx:
+            raise UserError(f"prompt {prompts[idx[0]]!r} is {tokens.shape[1]} tokens, more than the context {n_ctx}")
+        groups.append((idx, tokens))
+    return groups
+
+
+def load_pair(base_source: ModelSource, tuned_source: ModelSource, prompts: list[str], metric_spec: str,
+              positive: str | None = None, negative: str | None = None, device: str = "cpu") -> ModelPair:
+    from rlhf_interp.analysis.metric import build_metric
+
+    base_hf, base_tok = load_causal_lm(base_source, device=device)
+    tuned_hf, tuned_tok = load_causal_lm(tuned_source, device=device)
+    base = load_bridge(base_source, fold_value_biases=False, device=device)
+    tuned = load_bridge(tuned_source, fold_value_biases=False, device=device)
+    check_compatible(base.cfg, tuned.cfg, base_tok, tuned_tok)
+    metric = build_metric(metric_spec, base_tok, positive, negative)
+    groups = group_prompts(base_tok, prompts, metric, int(base.cfg.n_ctx))
+    torch.set_grad_enabled(True)
+    return ModelPair(base_source, tuned_source, base, tuned, base_hf, tuned_hf, base_tok, prompts, metric, groups)
+
+
+@torch.no_grad()
+def metric_per_prompt(model: Any, pair: ModelPair) -> Tensor:
+    """The metric for every prompt (in prompt order) under `model` (a bridge)."""
+    out = torch.empty(len(pair.prompts))
+    for idx, tokens in pair.groups:
+        out[idx] = pair.metric(model(tokens)).cpu()
+    return out
