@@ -47,3 +47,49 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert "Traceback" not in proc.stderr, proc.stderr
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])
+
+
+def sentiment_direction(model, tokenizer) -> torch.Tensor:
+    """Residual-space direction that raises the default logit_diff metric (through ln_f's gain), unit norm."""
+    from rlhf_interp.analysis.metric import NEGATIVE_WORDS, POSITIVE_WORDS, single_token_ids
+
+    wte = model.transformer.wte.weight.detach()
+    pos = list(single_token_ids(tokenizer, POSITIVE_WORDS).values())
+    neg = list(single_token_ids(tokenizer, NEGATIVE_WORDS).values())
+    d = (wte[pos].mean(0) - wte[neg].mean(0)) * model.transformer.ln_f.weight.detach()
+    return d / d.norm()
+
+
+def plant_head(src: Path, out: Path, layer: int, head: int, alpha: float = 30.0) -> Path:
+    """Copy of `src` whose head (layer, head) writes alpha * the sentiment direction at every position:
+    its value bias gets a vector u and its OV output maps u onto the direction."""
+    from rlhf_interp.models import load_causal_lm
+
+    model, tok = load_causal_lm(str(src))
+    d = sentiment_direction(model, tok)
+    attn = model.transformer.h[layer].attn
+    d_model, n_heads = model.config.n_embd, model.config.n_head
+    d_head = d_model // n_heads
+    g = torch.Generator().manual_seed(layer * 10 + head)
+    u = torch.randn(d_head, generator=g)
+    u = 3 * u / u.norm()
+    with torch.no_grad():
+        attn.c_attn.bias[2 * d_model + head * d_head : 2 * d_model + (head + 1) * d_head] += u
+        attn.c_proj.weight[head * d_head : (head + 1) * d_head] += alpha * torch.outer(u, d) / u.dot(u)
+    save_model(model, tok, out)
+    return out
+
+
+def plant_neuron(src: Path, out: Path, layer: int, neuron: int, alpha: float = 10.0) -> Path:
+    """Copy of `src` whose MLP neuron (layer, neuron) is always on (pre-activation bias +3) and writes
+    alpha / 3 * the sentiment direction."""
+    from rlhf_interp.models import load_causal_lm
+
+    model, tok = load_causal_lm(str(src))
+    d = sentiment_direction(model, tok)
+    mlp = model.transformer.h[layer].mlp
+    with torch.no_grad():
+        mlp.c_fc.bias[neuron] += 3.0
+        mlp.c_proj.weight[neuron] += alpha / 3 * d
+    save_model(model, tok, out)
+    return out

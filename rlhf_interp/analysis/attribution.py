@@ -2,9 +2,10 @@
 
     metric(receiver with donor's activation a') - metric(receiver) ≈ (a' - a) · ∂metric/∂a
 
-One forward and one backward per direction give every head (hook_z, all positions) and every layer × position
-(resid_pre / attn_out / mlp_out). The table carries the exact effect next to each estimate; `compare` reports their
-correlation — far from 1 means the approximation is not to be trusted on this pair.
+One forward and one backward per direction give every head (its whole output z_h W_O_h at all positions, whose
+gradient is that of hook_attn_out) and every layer × position (resid_pre / attn_out / mlp_out). The table carries
+the exact effect next to each estimate; `compare` reports their correlation — far from 1 means the approximation is
+not to be trusted on this pair (large changes pass through the final LayerNorm non-linearly).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 import torch
 
 from rlhf_interp.analysis.pair import ModelPair
-from rlhf_interp.analysis.patching import DIRECTIONS, HEAD_HOOK, LAYER_COMPONENTS
+from rlhf_interp.analysis.patching import ATTN_OUT, DIRECTIONS, LAYER_COMPONENTS, Cell, head_output_deltas
 
 
 def _grads(model: Any, tokens: torch.Tensor, names: list[str], metric: Any) -> tuple[dict, dict, float]:
@@ -42,19 +43,19 @@ def attribution_patching(pair: ModelPair) -> pd.DataFrame:
     _, tokens = pair.main_group
     labels = [pair.tokenizer.decode([t]) for t in tokens[0].tolist()]
     n_layers = pair.n_layers
-    names = [HEAD_HOOK.format(L=L) for L in range(n_layers)]
-    names += [h.format(L=L) for h in LAYER_COMPONENTS.values() for L in range(n_layers)]
+    names = [h.format(L=L) for h in LAYER_COMPONENTS.values() for L in range(n_layers)]
     rows = []
     for direction, (recv_name, donor_name) in DIRECTIONS.items():
         recv_acts, grads, recv_metric = _grads(pair.model(recv_name), tokens, names, pair.metric)
         donor_acts, _, donor_metric = _grads(pair.model(donor_name), tokens, names, pair.metric)
         gap = donor_metric - recv_metric
+        deltas = head_output_deltas(pair.model(recv_name), pair.model(donor_name), tokens, n_layers, pair.n_heads)
         for L in range(n_layers):
-            name = HEAD_HOOK.format(L=L)
-            est = ((donor_acts[name] - recv_acts[name]) * grads[name]).sum((0, 1, 3))  # (head,)
+            grad_out = grads[ATTN_OUT.format(L=L)]  # (batch, pos, d_model): the gradient of every head's output
             for h in range(pair.n_heads):
-                rows.append({"direction": direction, "kind": "head", "component": "z", "layer": L, "head": h,
-                             "pos": None, "token": None, "approx": est[h].item() / gap})
+                est = (deltas[Cell(ATTN_OUT, L, head=h, op="add").key] * grad_out).sum().item()
+                rows.append({"direction": direction, "kind": "head", "component": "head_out", "layer": L, "head": h,
+                             "pos": None, "token": None, "approx": est / gap})
             for comp, hook in LAYER_COMPONENTS.items():
                 name = hook.format(L=L)
                 est = ((donor_acts[name] - recv_acts[name]) * grads[name]).sum((0, 2))  # (pos,)

@@ -8,6 +8,10 @@ fraction of the base→tuned metric gap that this one activation recovers:
 
 `base_to_tuned` is the mirror image (tuned run, base activations): the fraction of the gap it moves back.
 
+Heads are patched two ways. `effect` replaces the head's whole output, z_h W_O_h (the receiver's attention output
+gets donor z_h W_O_h − receiver z_h W_O_h added), so a change in W_O counts; `effect_z` replaces only hook_z (the
+convention of `transformer_lens.patching`), which is blind to W_O and sees the value side only.
+
 `transformer_lens.patching` runs one forward per cell; here `cells_per_forward` cells share one forward (the batch
 holds one copy of the prompts per cell, and each hook writes only its own copy's rows). Tests check equality with the
 per-cell reference to 1e-4.
@@ -34,21 +38,34 @@ HEAD_HOOK = "blocks.{L}.attn.hook_z"
 
 @dataclass(frozen=True)
 class Cell:
-    """One patch: the activation `hook` at `layer`, restricted to `head` and/or `pos` (None = all)."""
+    """One patch: the activation `hook` at `layer`, restricted to `head` and/or `pos` (None = all).
+
+    op "replace" overwrites with the donor's value `sources[name]`; op "add" adds `sources[key]` (a precomputed
+    difference, e.g. of one head's output) to the whole activation.
+    """
 
     hook: str
     layer: int
     head: int | None = None
     pos: int | None = None
+    op: str = "replace"
 
     @property
     def name(self) -> str:
         return self.hook.format(L=self.layer)
 
+    @property
+    def key(self) -> str:
+        if self.op == "replace":
+            return self.name
+        return f"{self.name}#head{self.head}" + (f"@{self.pos}" if self.pos is not None else "")
+
 
 def _setter(rows: slice, cell: Cell, donor: Tensor) -> Callable[[Tensor], None]:
     def write(act: Tensor) -> None:
-        if cell.head is not None and cell.pos is not None:  # (batch, pos, head, d_head)
+        if cell.op == "add":
+            act[rows] += donor
+        elif cell.head is not None and cell.pos is not None:  # (batch, pos, head, d_head)
             act[rows, cell.pos, cell.head] = donor[:, cell.pos, cell.head]
         elif cell.head is not None:
             act[rows, :, cell.head] = donor[:, :, cell.head]
@@ -63,7 +80,7 @@ def _setter(rows: slice, cell: Cell, donor: Tensor) -> Callable[[Tensor], None]:
 @torch.no_grad()
 def patch_sweep(
     receiver: Any,
-    donor_cache: Any,
+    sources: Any,
     tokens: Tensor,
     cells: Sequence[Cell],
     metric: Callable[[Tensor], Tensor],
@@ -71,7 +88,8 @@ def patch_sweep(
 ) -> Tensor:
     """Mean metric over the prompts for each cell patched alone: (n_cells,).
 
-    `tokens` (batch, pos) are the prompts; `donor_cache` holds the donor model's activations on the same tokens.
+    `tokens` (batch, pos) are the prompts; `sources` (the donor's ActivationCache, or a dict) maps each cell's key to
+    the donor's activation on the same tokens (or, for op "add", to the difference to add).
     """
     batch = tokens.shape[0]
     out = torch.empty(len(cells))
@@ -80,7 +98,7 @@ def patch_sweep(
         writers: dict[str, list[Callable[[Tensor], None]]] = defaultdict(list)
         for i, cell in enumerate(chunk):
             rows = slice(i * batch, (i + 1) * batch)
-            writers[cell.name].append(_setter(rows, cell, donor_cache[cell.name]))
+            writers[cell.name].append(_setter(rows, cell, sources[cell.key]))
 
         def make_hook(ws: list[Callable[[Tensor], None]]) -> Callable[..., Tensor]:
             def hook(act: Tensor, hook: Any = None) -> Tensor:
@@ -137,42 +155,71 @@ def patching_layers(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def head_output_deltas(receiver: Any, donor: Any, tokens: Tensor, n_layers: int, n_heads: int) -> dict[str, Tensor]:
+    """donor z_h W_O_h − receiver z_h W_O_h per head, (batch, pos, d_model), keyed like Cell.key for op "add"."""
+    names = [HEAD_HOOK.format(L=L) for L in range(n_layers)]
+    rc, dc = run_cache(receiver, tokens, names), run_cache(donor, tokens, names)
+    out = {}
+    for L in range(n_layers):
+        z_r, z_d = rc[names[L]], dc[names[L]]  # (batch, pos, head, d_head)
+        for h in range(n_heads):
+            key = Cell(ATTN_OUT, L, head=h, op="add").key
+            out[key] = z_d[:, :, h] @ donor.W_O[L, h] - z_r[:, :, h] @ receiver.W_O[L, h]
+    return out
+
+
+ATTN_OUT = LAYER_COMPONENTS["attn_out"]
+
+
 def patching_heads(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
-    """Each head's hook_z at all positions, both directions, over all prompts."""
-    cells = [Cell(HEAD_HOOK, layer, head=h) for layer in range(pair.n_layers) for h in range(pair.n_heads)]
+    """Each head at all positions, both directions, over all prompts: `effect` (whole head output) and `effect_z`."""
+    grid = [(layer, h) for layer in range(pair.n_layers) for h in range(pair.n_heads)]
+    z_cells = [Cell(HEAD_HOOK, layer, head=h) for layer, h in grid]
+    out_cells = [Cell(ATTN_OUT, layer, head=h, op="add") for layer, h in grid]
     rows = []
+    n = len(pair.prompts)
     for direction, (recv_name, donor_name) in DIRECTIONS.items():
         receiver, donor = pair.model(recv_name), pair.model(donor_name)
-        total = torch.zeros(len(cells))
+        total_out, total_z = torch.zeros(len(grid)), torch.zeros(len(grid))
         recv_clean = donor_clean = 0.0
-        n = len(pair.prompts)
         for idx, tokens in pair.groups:  # weighted mean over groups of equal-length prompts
-            cache = run_cache(donor, tokens, sorted({c.name for c in cells}))
-            total += patch_sweep(receiver, cache, tokens, cells, pair.metric, cells_per_forward) * len(idx) / n
+            w = len(idx) / n
+            deltas = head_output_deltas(receiver, donor, tokens, pair.n_layers, pair.n_heads)
+            total_out += patch_sweep(receiver, deltas, tokens, out_cells, pair.metric, cells_per_forward) * w
+            cache = run_cache(donor, tokens, sorted({c.name for c in z_cells}))
+            total_z += patch_sweep(receiver, cache, tokens, z_cells, pair.metric, cells_per_forward) * w
             with torch.no_grad():
                 recv_clean += pair.metric(receiver(tokens)).sum().item() / n
                 donor_clean += pair.metric(donor(tokens)).sum().item() / n
-        effects = _fraction(total, recv_clean, donor_clean)
-        for cell, m, e in zip(cells, total.tolist(), effects.tolist(), strict=True):
-            rows.append({"direction": direction, "layer": cell.layer, "head": cell.head, "metric": m, "effect": e})
+        eff_out = _fraction(total_out, recv_clean, donor_clean)
+        eff_z = _fraction(total_z, recv_clean, donor_clean)
+        for i, (layer, h) in enumerate(grid):
+            rows.append({"direction": direction, "layer": layer, "head": h, "metric": total_out[i].item(),
+                         "effect": eff_out[i].item(), "metric_z": total_z[i].item(), "effect_z": eff_z[i].item()})
     return pd.DataFrame(rows)
 
 
 def patching_head_pos(pair: ModelPair, heads: pd.DataFrame, top: int = 4, cells_per_forward: int = 8) -> pd.DataFrame:
-    """Head × position for the `top` heads by |effect| (tuned_to_base), both directions, largest prompt group."""
+    """Head × position (whole head output) for the `top` heads by |effect| (tuned_to_base), both directions."""
     chosen = heads[heads.direction == "tuned_to_base"].assign(a=lambda d: d.effect.abs()).nlargest(top, "a")
     _, tokens = pair.main_group
     labels = _token_labels(pair, tokens)
-    cells = [Cell(HEAD_HOOK, int(r.layer), head=int(r.head), pos=p) for r in chosen.itertuples()
+    cells = [Cell(ATTN_OUT, int(r.layer), head=int(r.head), pos=p, op="add") for r in chosen.itertuples()
              for p in range(tokens.shape[1])]
     rows = []
     for direction, (recv_name, donor_name) in DIRECTIONS.items():
         receiver, donor = pair.model(recv_name), pair.model(donor_name)
-        cache = run_cache(donor, tokens, sorted({c.name for c in cells}))
+        deltas = head_output_deltas(receiver, donor, tokens, pair.n_layers, pair.n_heads)
+        sources = {}
+        for c in cells:  # the head's output difference at one position only
+            whole = deltas[Cell(ATTN_OUT, c.layer, head=c.head, op="add").key]
+            sources[c.key] = torch.zeros_like(whole)
+            sources[c.key][:, c.pos] = whole[:, c.pos]
         with torch.no_grad():
             recv_clean = pair.metric(receiver(tokens)).mean().item()
             donor_clean = pair.metric(donor(tokens)).mean().item()
-        patched = patch_sweep(receiver, cache, tokens, cells, pair.metric, cells_per_forward)
+        patched = patch_sweep(receiver, sources, tokens, cells, pair.metric, cells_per_forward)
         for cell, m, e in zip(cells, patched.tolist(), _fraction(patched, recv_clean, donor_clean).tolist(),
                               strict=True):
             rows.append({"direction": direction, "layer": cell.layer, "head": cell.head, "pos": cell.pos,
