@@ -204,3 +204,15 @@ def test_target_metric_runs_causal_analyses(planted):
                      analyses="logit_diff,dla,patching")
     assert tables["dla_heads"].empty  # not linear: DLA skipped
     assert torch.isfinite(torch.tensor(tables["patching_heads"].metric.to_numpy())).all()
+
+
+def test_unembedding_swap_row(head_pair):
+    """Swapping a model's own unembedding in changes nothing; the planted head leaves W_U alone (effect ~0)."""
+    from rlhf_interp.analysis.patching import patching_layers, swap_unembed
+
+    _, tokens = head_pair.main_group
+    own = swap_unembed(head_pair.base, head_pair.base, tokens, head_pair.metric)
+    assert own == pytest.approx(head_pair.metric(head_pair.base(tokens)).mean().item(), abs=1e-4)
+    rows = patching_layers(head_pair)
+    un = rows[rows.component == "unembed"]
+    assert len(un) == 2 and un.effect.abs().max() < 0.05

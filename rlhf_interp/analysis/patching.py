@@ -134,7 +134,8 @@ def _token_labels(pair: ModelPair, tokens: Tensor) -> list[str]:
 
 
 def patching_layers(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
-    """resid_pre / attn_out / mlp_out × layer × position, both directions (on the largest equal-length prompt group)."""
+    """resid_pre / attn_out / mlp_out × layer × position, both directions (on the largest equal-length prompt group),
+    plus one `unembed` row per direction: the final LayerNorm gain and unembedding swapped (see `swap_unembed`)."""
     _, tokens = pair.main_group
     labels = _token_labels(pair, tokens)
     rows = []
@@ -152,6 +153,10 @@ def patching_layers(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame
         for cell, m, e in zip(cells, patched.tolist(), effects.tolist(), strict=True):
             rows.append({"direction": direction, "component": comp_of[cell.hook], "layer": cell.layer,
                          "pos": cell.pos, "token": labels[cell.pos], "metric": m, "effect": e})
+        m = swap_unembed(receiver, donor, tokens, pair.metric)  # after the last layer, every position
+        e = _fraction(torch.tensor([m]), recv_clean, donor_clean).item()
+        rows.append({"direction": direction, "component": "unembed", "layer": pair.n_layers, "pos": tokens.shape[1] - 1,
+                     "token": labels[-1], "metric": m, "effect": e})
     return pd.DataFrame(rows)
 
 
@@ -170,6 +175,17 @@ def head_output_deltas(receiver: Any, donor: Any, tokens: Tensor, n_layers: int,
 
 
 ATTN_OUT = LAYER_COMPONENTS["attn_out"]
+
+
+@torch.no_grad()
+def swap_unembed(receiver: Any, donor: Any, tokens: Tensor, metric: Callable[[Tensor], Tensor]) -> float:
+    """Mean metric when the receiver's final normalised residual is read out with the donor's (folded) final
+    LayerNorm gain and unembedding: the part of the change that lives in W_U itself (GPT-2 ties W_U to W_E)."""
+    _, cache = receiver.run_with_cache(tokens, names_filter=lambda n: n == "ln_final.hook_normalized")
+    logits = cache["ln_final.hook_normalized"] @ donor.W_U
+    if getattr(donor, "b_U", None) is not None:
+        logits = logits + donor.b_U
+    return metric(logits).mean().item()
 
 
 def patching_heads(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
