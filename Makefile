@@ -20,7 +20,9 @@ RUN ?= runs/demo
 
 demo: setup
 	$(VENV)/bin/rlhf-interp train --out $(RUN) --overwrite
-	$(VENV)/bin/rlhf-interp sample $(RUN)/tuned -n 1 --max-new-tokens 32
+	$(VENV)/bin/rlhf-interp compare $(RUN) --out $(RUN)/compare
+	@echo "training report:   $(RUN)/report.html"
+	@echo "comparison report: $(RUN)/compare/report.html"
 
 test: setup
 	$(VENV)/bin/ruff check .

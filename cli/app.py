@@ -98,6 +98,7 @@ def train(
         f"distinct-2 {before['distinct_2']:.2f} -> {after['distinct_2']:.2f}"
     )
     typer.echo(f"run written to {summary['run']}")
+    typer.echo(f"report: {Path(summary['run']) / 'report.html'}")
 
 
 @app.command()
@@ -131,6 +132,20 @@ def compare(
         typer.echo("top heads by patching (tuned->base): " + ", ".join(
             f"L{t['layer']}H{t['head']} {t['effect']:+.2f}" for t in top[:3]))
     typer.echo(f"tables written to {out / 'tables'}")
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="A compare output directory or a training run directory.")],
+    format: Annotated[str, typer.Option("--format", help="html (report + figures) or png (figures only).")] = "html",
+    relative_images: Annotated[bool, typer.Option(help="Reference figures/*.png instead of embedding them.")] = False,
+) -> None:
+    """Re-render the HTML report (and PNG figures) from saved tables alone; no model is loaded."""
+    from rlhf_interp.report.render import render
+
+    path = render(directory, format, embed=not relative_images)
+    typer.echo(f"report: {path}" if format == "html" else f"figures: {path}")
 
 
 @app.command("train-keys")

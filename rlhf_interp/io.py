@@ -20,6 +20,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -58,10 +59,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def _relax_permissions(root: Path) -> None:
-    """mkdtemp creates 0700 directories: give the result the permissions a plain mkdir/open would (umask)."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
+    return umask
+
+
+def _relax_permissions(root: Path) -> None:
+    """mkdtemp creates 0700 directories: give the result the permissions a plain mkdir/open would (umask)."""
+    umask = _umask()
     os.chmod(root, 0o777 & ~umask)
     for dirpath, dirnames, filenames in os.walk(root):
         for d in dirnames:

@@ -120,6 +120,7 @@ def compare(
     out: str | Path | None = None,
     seed: int = 0,
     reward: str = "vader",
+    report: bool = True,
     samples_per_prompt: int = 4,
     new_tokens: int = 32,
     positive: str | None = None,
@@ -128,7 +129,8 @@ def compare(
 ) -> dict[str, pd.DataFrame]:
     """Load BASE and TUNED (or a run directory's base/ and tuned/), run the analyses, return their tables.
 
-    With `out`, also writes OUT/tables/<name>.csv, OUT/samples.jsonl and OUT/summary.json (atomically).
+    With `out`, also writes OUT/tables/<name>.csv, OUT/samples.jsonl, OUT/summary.json and (unless report=False)
+    OUT/report.html with OUT/figures/*.png, all atomically.
     """
     import torch
 
@@ -166,6 +168,10 @@ def compare(
 
         summary = build_summary(pair, tables, timings, seed)
         write_outputs(Path(out), tables, summary)
+        if report:
+            from rlhf_interp.report.render import render_compare
+
+            render_compare(Path(out))
     return tables
 
 

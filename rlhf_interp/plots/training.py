@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -18,9 +19,8 @@ PANELS = [
 ]
 
 
-def plot_training_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None, path: Path) -> None:
-    import io
-
+def draw_training_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None) -> Any:
+    """The 2×3 panel figure (a matplotlib Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,6 +39,15 @@ def plot_training_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None, path
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("PPO update")
         ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_training_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None, path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig = draw_training_curves(metrics, evals)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

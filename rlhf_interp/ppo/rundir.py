@@ -83,7 +83,10 @@ class RunFiles:
         }
         atomic_write_text(self.root / "summary.json", json.dumps(summary, indent=1))
         if self.metrics:
+            from rlhf_interp.report.render import render_training
+
             plot_training_curves(pd.DataFrame(self.metrics), pd.DataFrame(self.evals), self.root / "curves.png")
+            render_training(self.root)
         return summary
 
 

@@ -1,0 +1,252 @@
+"""One function per figure: each takes the tables and returns (png bytes, caption) or None when its table is absent.
+
+Matplotlib's Agg backend only; figures are sized for a laptop screen and readable in print (light background).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+Tables = dict[str, pd.DataFrame]
+Figure = tuple[bytes, str]
+COLORS = {"base": "#4c72b0", "tuned": "#dd8452", "delta": "#55a868"}
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _heat(ax: plt.Axes, data: pd.DataFrame, title: str, center: float | None = 0.0, fmt: str = ".2f") -> None:
+    annot = data.size <= 64
+    sns.heatmap(data, ax=ax, cmap="RdBu_r" if center is not None else "viridis", center=center, annot=annot,
+                fmt=fmt, cbar=True, linewidths=0.3, annot_kws={"fontsize": 7})
+    ax.set_title(title, fontsize=10)
+
+
+def reward_hist(t: Tables) -> Figure | None:
+    df = t.get("behaviour")
+    if df is None or df.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bins = np.linspace(df.reward.min(), df.reward.max(), 25)
+    for model in ("base", "tuned"):
+        sub = df[df.model == model].reward
+        ax.hist(sub, bins=bins, alpha=0.6, color=COLORS[model], label=f"{model} (mean {sub.mean():+.2f})")
+    ax.set_xlabel("reward of a sampled continuation")
+    ax.set_ylabel("samples")
+    ax.legend()
+    return _png(fig), ("Reward of sampled continuations, base vs tuned (same prompts, same sampling seed). A shift "
+                       "to the right is what RLHF optimised; a pile-up at the maximum can signal reward hacking.")
+
+
+def token_kl_heatmap(t: Tables) -> Figure | None:
+    df = t.get("token_kl")
+    if df is None or df.empty:
+        return None
+    grid = df.pivot(index="sample", columns="pos", values="kl")
+    grid = grid.iloc[:48]
+    fig, ax = plt.subplots(figsize=(9, 0.12 * len(grid) + 1.5))
+    sns.heatmap(grid, ax=ax, cmap="magma_r", cbar_kws={"label": "KL (nats)"})
+    ax.set_xlabel("response token position")
+    ax.set_ylabel("tuned sample")
+    return _png(fig), ("Exact per-token KL(tuned ‖ base) along the tuned model's own samples (rows: samples, "
+                       "columns: response positions; blank after EOS). Where the tuned model departs from the base.")
+
+
+def token_shift_bars(t: Tables) -> Figure | None:
+    df = t.get("token_shift")
+    if df is None or df.empty:
+        return None
+    rose = df[df.direction == "rose"].head(12)
+    fell = df[df.direction == "fell"].head(12)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, part, color, title in ((axes[0], rose, "#55a868", "promoted"), (axes[1], fell, "#c44e52", "suppressed")):
+        ax.barh([repr(s) for s in part.token][::-1], part.delta_logprob[::-1], color=color)
+        ax.set_title(f"most {title} next tokens", fontsize=10)
+        ax.set_xlabel("Δ log-prob (tuned − base), mean over prompts")
+    return _png(fig), ("Next-token log-probabilities after the prompts that RLHF raised and lowered most.")
+
+
+def logit_lens_lines(t: Tables) -> Figure | None:
+    df = t.get("logit_lens")
+    if df is None or df.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for model in ("base", "tuned"):
+        sub = df[df.model == model]
+        ax.plot(sub.layer, sub.metric, "o-", color=COLORS[model], label=model)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(sorted(df.layer.unique()))
+    ax.set_xticklabels(["emb" if x < 0 else str(x) for x in sorted(df.layer.unique())])
+    ax.set_xlabel("residual stream after layer")
+    ax.set_ylabel("metric")
+    ax.legend()
+    return _png(fig), ("Logit lens: the metric read from the residual stream after each layer (each model through its "
+                       "own final LayerNorm and unembedding). Where along the depth the two models part.")
+
+
+def dla_layer_bars(t: Tables) -> Figure | None:
+    df = t.get("dla_layers")
+    if df is None or df.empty:
+        return None
+    df = df[df.component.isin(["embed", "pos_embed", "attn", "mlp"])].copy()
+    df["label"] = [c if pd.isna(L) else f"{c}{int(L)}" for c, L in zip(df.component, df.layer, strict=True)]
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    sns.barplot(df, x="label", y="attribution", hue="model", palette=COLORS, ax=ax)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("")
+    return _png(fig), ("Direct logit attribution of the metric to the embeddings, each attention layer and each MLP, "
+                       "for base, tuned and their difference (each model read with its own unembedding; the parts sum "
+                       "to the metric).")
+
+
+def dla_head_heatmaps(t: Tables) -> Figure | None:
+    df = t.get("dla_heads")
+    if df is None or df.empty:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, model in zip(axes, ("base", "tuned", "delta"), strict=True):
+        _heat(ax, df[df.model == model].pivot(index="layer", columns="head", values="attribution"), model)
+    return _png(fig), "Direct logit attribution per attention head (rows: layers, columns: heads)."
+
+
+def ablation_heatmaps(t: Tables) -> Figure | None:
+    df = t.get("ablation")
+    if df is None or df.empty:
+        return None
+    heads = df[(df.component == "head") & (df.kind == "mean")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, model in zip(axes, ("base", "tuned"), strict=True):
+        _heat(ax, heads[heads.model == model].pivot(index="layer", columns="head", values="effect"),
+              f"{model}: mean-ablate head")
+    return _png(fig), ("Change of the metric when one head is mean-ablated, in each model (negative: the head pushed "
+                       "the metric up). Zero-ablation and MLP rows are in ablation.csv.")
+
+
+def patching_layer_heatmaps(t: Tables) -> Figure | None:
+    df = t.get("patching_layers")
+    if df is None or df.empty:
+        return None
+    comps = ["resid_pre", "attn_out", "mlp_out"]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6))
+    for i, direction in enumerate(("tuned_to_base", "base_to_tuned")):
+        for j, comp in enumerate(comps):
+            sub = df[(df.direction == direction) & (df.component == comp)]
+            grid = sub.pivot(index="layer", columns="pos", values="effect")
+            grid.columns = [f"{p}:{tok!r}" for p, tok in sub.drop_duplicates("pos")[["pos", "token"]].values]
+            _heat(axes[i, j], grid, f"{direction}: {comp}")
+    un = df[df.component == "unembed"]
+    note = "; ".join(f"{r.direction}: {r.effect:+.2f}" for r in un.itertuples())
+    return _png(fig), ("Cross-model activation patching by layer and position: fraction of the base→tuned metric gap "
+                       "recovered when one activation of the receiver is replaced by the donor's (top row: tuned into "
+                       f"base; bottom: base into tuned). Swapping the unembedding alone: {note}.")
+
+
+def patching_head_heatmaps(t: Tables) -> Figure | None:
+    df = t.get("patching_heads")
+    if df is None or df.empty:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, direction in zip(axes, ("tuned_to_base", "base_to_tuned"), strict=True):
+        _heat(ax, df[df.direction == direction].pivot(index="layer", columns="head", values="effect"), direction)
+    return _png(fig), ("Patching one head's whole output (z·W_O, all positions) from the donor: fraction of the gap "
+                       "recovered (rows: layers, columns: heads). hook_z-only effects are in patching_heads.csv.")
+
+
+def attribution_scatter(t: Tables) -> Figure | None:
+    df = t.get("attribution_patching")
+    if df is None or df.empty or "exact" not in df:
+        return None
+    df = df.dropna(subset=["exact"])
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    for kind, marker in (("head", "o"), ("layer", ".")):
+        sub = df[df.kind == kind]
+        r = sub.approx.corr(sub.exact) if len(sub) > 2 else float("nan")
+        ax.scatter(sub.exact, sub.approx, marker=marker, alpha=0.7, label=f"{kind} (r = {r:.2f})")
+    lim = [min(df.exact.min(), df.approx.min()), max(df.exact.max(), df.approx.max())]
+    ax.plot(lim, lim, color="grey", lw=0.8)
+    ax.set_xlabel("exact patching effect")
+    ax.set_ylabel("attribution patching estimate")
+    ax.legend()
+    return _png(fig), ("Attribution patching (gradient estimate) against exact patching, per cell. Points on the "
+                       "diagonal: the linear estimate is trustworthy for this pair.")
+
+
+def attention_heatmap(t: Tables) -> Figure | None:
+    df = t.get("attention_diff")
+    if df is None or df.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    _heat(ax, df.pivot(index="layer", columns="head", values="js_divergence"), "JS divergence", center=None,
+          fmt=".3f")
+    return _png(fig), ("How much each head's attention pattern changed: mean Jensen–Shannon divergence (nats, max "
+                       "ln 2 ≈ 0.69) between base and tuned patterns over the prompts.")
+
+
+def weight_bars(t: Tables) -> Figure | None:
+    df = t.get("weight_diff")
+    if df is None or df.empty:
+        return None
+    df = df.copy()
+    df["label"] = [c + ("" if pd.isna(L) else f" L{int(L)}") + ("" if pd.isna(h) else f"H{int(h)}")
+                   for c, L, h in zip(df.component, df.layer, df["head"], strict=True)]
+    top = df.nlargest(20, "rel_change")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.barh(top.label[::-1], top.rel_change[::-1], color="#8172b3")
+    ax.set_xlabel("‖W_tuned − W_base‖ / ‖W_base‖")
+    return _png(fig), ("The 20 weight components that changed most (relative Frobenius norm): each head's QK and OV "
+                       "circuits, MLP in/out, embeddings and unembedding.")
+
+
+def direction_lines(t: Tables) -> Figure | None:
+    df = t.get("direction")
+    if df is None or df.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(df.layer, df.cosine_base_tuned, "o-", color="#937860", label="cosine(base dir, tuned dir)")
+    ax.plot(df.layer, df.patch_along_direction_effect, "s--", color="#da8bc3",
+            label="gap recovered by patching along it")
+    ax.set_xlabel("layer (resid_post)")
+    ax.set_xticks(df.layer)
+    ax.legend()
+    return _png(fig), ("A sentiment direction per layer (difference of mean residuals between positive and negative "
+                       "sentences): how similar it is in the two models, and how much of the gap moving the base "
+                       "residual along it (to the tuned value) recovers.")
+
+
+COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
+    ("reward_hist", "Behaviour: rewards", reward_hist),
+    ("token_kl", "Behaviour: per-token KL", token_kl_heatmap),
+    ("token_shift", "Promoted and suppressed tokens", token_shift_bars),
+    ("logit_lens", "Logit lens", logit_lens_lines),
+    ("dla_layers", "Direct logit attribution by layer", dla_layer_bars),
+    ("dla_heads", "Direct logit attribution by head", dla_head_heatmaps),
+    ("ablation", "Head ablations", ablation_heatmaps),
+    ("patching_layers", "Activation patching: layers × positions", patching_layer_heatmaps),
+    ("patching_heads", "Activation patching: heads", patching_head_heatmaps),
+    ("attribution", "Attribution patching vs exact", attribution_scatter),
+    ("attention_diff", "Attention change", attention_heatmap),
+    ("weight_diff", "Weight change", weight_bars),
+    ("direction", "Sentiment direction", direction_lines),
+]
+
+
+def training_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None) -> Figure:
+    from rlhf_interp.plots.training import PANELS, draw_training_curves
+
+    fig = draw_training_curves(metrics, evals)
+    names = ", ".join(title for _, title in PANELS)
+    return _png(fig), (f"Training curves per PPO update ({names}); red dots: the fixed evaluation set before, during "
+                       "and after training.")

@@ -1,0 +1,101 @@
+"""Reports: structure, escaping, bad inputs, and a real headless Chromium load (images, no network, not blank)."""
+
+import io
+import os
+import re
+import shutil
+
+import pandas as pd
+import pytest
+from helpers import assert_one_line_error, plant_head, run_cli
+
+from rlhf_interp.analysis import compare
+from rlhf_interp.models import EMBEDDED_DIR
+from rlhf_interp.prompts import EMBEDDED_PROMPTS
+from rlhf_interp.report.figures import COMPARE_FIGURES
+from rlhf_interp.report.render import render
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def compare_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    tuned = plant_head(EMBEDDED_DIR, root / "planted", 2, 1)
+    out = root / "out dir ü"  # spaces and non-ASCII in the path
+    compare("embedded", str(tuned), prompts=list(EMBEDDED_PROMPTS)[:8], out=out, samples_per_prompt=2, new_tokens=10)
+    # a model "writes" markup: it must come out escaped
+    beh = pd.read_csv(out / "tables" / "behaviour.csv")
+    beh.loc[0, "response"] = "<script>alert('x')</script> & <b>bold</b>"
+    beh.to_csv(out / "tables" / "behaviour.csv", index=False)
+    render(out)
+    return out
+
+
+def test_report_structure(compare_dir):
+    html = (compare_dir / "report.html").read_text(encoding="utf-8")
+    assert html.count("<img ") == len(COMPARE_FIGURES)
+    assert html.count("<figcaption>") == len(COMPARE_FIGURES)
+    for name, _, _ in COMPARE_FIGURES:
+        assert (compare_dir / "figures" / f"{name}.png").stat().st_size > 1000
+    findings = re.search(r'<ul class="findings">(.*?)</ul>', html, re.S).group(1)
+    items = re.findall(r"<li>(.*?)</li>", findings, re.S)
+    assert len(items) >= 5 and all(re.search(r"\d", i) for i in items)
+    assert "<script>alert" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    assert "<b>bold</b>" not in html
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+    assert "http" not in text and "//" not in text and "@import" not in text  # no network references
+
+
+def test_relative_images_and_png_only(compare_dir, tmp_path):
+    copy = tmp_path / "c"
+    shutil.copytree(compare_dir, copy)
+    proc = run_cli("report", str(copy), "--relative-images")
+    assert proc.returncode == 0, proc.stderr
+    assert 'src="figures/reward_hist.png"' in (copy / "report.html").read_text()
+    (copy / "report.html").unlink()
+    assert run_cli("report", str(copy), "--format", "png").returncode == 0
+    assert not (copy / "report.html").exists() and (copy / "figures" / "logit_lens.png").exists()
+
+
+def test_report_bad_inputs(tmp_path, compare_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run_cli("report", str(empty)), "no tables")
+    assert_one_line_error(run_cli("report", str(tmp_path / "missing")), "not found")
+    broken = tmp_path / "broken"
+    shutil.copytree(compare_dir, broken)
+    pd.DataFrame({"layer": [0], "head": [0]}).to_csv(broken / "tables" / "patching_heads.csv", index=False)
+    assert_one_line_error(run_cli("report", str(broken)), "patching_heads.csv lacks columns direction, effect")
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(compare_dir, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs it with apt-get)")
+        pytest.skip("chromium not installed")
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((compare_dir / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        shot = page.screenshot(full_page=True)
+        browser.close()
+    assert len(widths) == len(COMPARE_FIGURES) and min(widths) > 0
+    external = [u for u in requests if not u.startswith(("file:", "data:"))]
+    assert external == []
+    img = Image.open(io.BytesIO(shot)).convert("L")
+    (tmp_path / "screenshot.png").write_bytes(shot)
+    lo, hi = img.getextrema()
+    assert hi - lo > 100 and img.height > 3000  # content, not a blank page
+    colours = sum(1 for count in img.histogram() if count)
+    assert colours > 20
