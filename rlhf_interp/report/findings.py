@@ -69,7 +69,8 @@ def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
         sub = ph[ph.direction == "tuned_to_base"].dropna(subset=["effect"])
         top = sub.reindex(sub.effect.abs().sort_values(ascending=False).index).head(3)
         cells = ", ".join(f"L{int(r.layer)}H{int(r['head'])} ({r.effect:+.1%})" for _, r in top.iterrows())
-        out.append(f"Patching single heads' outputs from tuned into base recovers at most: {cells} of the gap.")
+        out.append(f"Patching one head's output from tuned into base: the largest effects (fraction of the gap) are "
+                   f"{cells}.")
     pl = t.get("patching_layers")
     if pl is not None and len(pl):
         sub = pl[(pl.direction == "tuned_to_base") & pl.component.isin(["attn_out", "mlp_out"])].dropna(
