@@ -91,6 +91,10 @@ def train(
     overrides = {k: v for k, v in named.items() if v is not None}
     overrides.update(parse_cli_overrides(list(ctx.args)))
     summary = run_training(config, overrides, resume=resume, overwrite=overwrite)
+    if summary.get("interrupted"):
+        typer.echo(f"interrupted after update {summary['steps']}: state saved in {summary['run']}/checkpoint; "
+                   f"continue with: rlhf-interp train --out {summary['run']} --resume", err=True)
+        raise typer.Exit(130)
     before, after = summary["eval_before"], summary["eval_after"]
     typer.echo(
         f"{summary['steps']} updates, {summary['episodes']} episodes in {summary['train_seconds']:.0f} s; "
@@ -159,7 +163,9 @@ def train_keys() -> None:
 def main() -> None:
     """Console-script entry point: one-line errors with exit code 2 for bad input."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # non-standalone typer returns exit codes (Ctrl-C: 130) instead of exiting
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except UserError as e:
         if _state["debug"]:
             raise

@@ -32,6 +32,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def recover_dir(path: str | Path) -> None:
+    """Finish an interrupted `atomic_dir` swap: if `path` is missing but a moved-aside old copy exists, restore it;
+    drop leftovers of interrupted writes."""
+    path = Path(path)
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"))
+    if not path.exists():
+        for old in olds:
+            if (old / "x").is_dir():
+                os.replace(old / "x", path)
+                break
+    for leftover in olds + list(path.parent.glob(f".{path.name}.tmp-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it replaces `path` (the old one is removed last).
@@ -39,17 +53,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     A kill at any moment leaves either the previous directory or the new one under `path`, plus at most a stale
     `.name.tmp-*` / `.name.old-*` sibling that the next call cleans up.
     """
+    from rlhf_interp.faults import maybe_die
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
         _relax_permissions(tmp)
+        maybe_die(f"write-{path.name}")  # tests: killed with the new copy half made
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             os.replace(path, old / "x")  # move the old directory aside (one rename) ...
+            maybe_die(f"swap-{path.name}")  # tests: killed between the two renames (recover_dir restores)
             os.replace(tmp, path)  # ... and the new one into place (one rename)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -80,7 +80,20 @@ def check_model_dir(path: Path) -> dict[str, Any]:
         if pickled:
             hint = f" (found {', '.join(pickled)}: pickled weights are never loaded; re-save with safetensors)"
         raise UserError(f"{path} has no *.safetensors weights{hint}")
+    check_safetensors(path)
     return config
+
+
+def check_safetensors(path: Path) -> None:
+    """Open every safetensors file's header and check the file covers what it declares (catches truncation)."""
+    from safetensors import SafetensorError, safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{weights} is corrupt or truncated ({e}); re-save or re-download the model") from e
 
 
 def supported_causal_architectures() -> list[str]:
@@ -158,6 +171,7 @@ def load_causal_lm(
     spec: str | Path | ModelSource, device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A plain `transformers` causal LM (float32, eval mode) and its tokenizer."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -170,7 +184,7 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(
             source.location, use_safetensors=True, trust_remote_code=False, dtype="float32"
         )
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         if source.hub_name:
             raise _offline_error(source, e) from e
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rlhf_interp.errors import UserError
@@ -78,5 +79,5 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "optimizer": load_file(path / "optimizer.safetensors"),
             "rng": load_file(path / "rng.safetensors"),
         }
-    except (OSError, ValueError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, json.JSONDecodeError, SafetensorError) as e:
         raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); rerun with --overwrite") from e

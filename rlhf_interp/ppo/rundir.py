@@ -28,6 +28,7 @@ RESUMABLE_KEYS = {"steps", "device", "out"}  # what may change when a run is res
 @dataclass
 class RunFiles:
     root: Path
+    clear_first: bool = False  # --overwrite: the old run is removed by `start`, once the new one has loaded
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -35,6 +36,14 @@ class RunFiles:
     base = property(lambda self: self.root / "base")
     tuned = property(lambda self: self.root / "tuned")
     checkpoint = property(lambda self: self.root / "checkpoint")
+
+    def start(self, cfg: TrainConfig) -> None:
+        """Called once models, prompts and reward have loaded: clear an overwritten run, save the resolved config."""
+        if self.clear_first:
+            for child in self.root.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else os.unlink(child)
+            self.clear_first = False
+        atomic_write_text(self.root / "config.toml", to_toml(cfg))
 
     def add_metrics(self, row: dict[str, Any]) -> None:
         self.metrics.append(row)
@@ -130,9 +139,6 @@ def prepare_run(cfg: TrainConfig, requested: dict[str, Any], resume: bool, overw
             raise UserError(f"{root} already holds a run; pass --resume to continue it or --overwrite to replace it")
         if not (root / "config.toml").exists():
             raise UserError(f"{root} is not empty and is not a run directory; refusing to --overwrite it")
-        for child in root.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else os.unlink(child)
     _check_writable(root)
     cfg = apply_overrides(cfg, {"out": str(root)}, "run")
-    atomic_write_text(root / "config.toml", to_toml(cfg))
-    return cfg, RunFiles(root)
+    return cfg, RunFiles(root, clear_first=overwrite and not resume)

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 from rlhf_interp.errors import UserError
+from rlhf_interp.faults import maybe_die
+from rlhf_interp.io import recover_dir
 from rlhf_interp.models import load_causal_lm, resolve_model_spec, save_model
 from rlhf_interp.ppo import core
 from rlhf_interp.ppo.checkpoint import load_checkpoint, optimizer_from_flat, save_checkpoint
@@ -96,13 +98,18 @@ class PPOTrainer:
     # --- the loop --------------------------------------------------------------------------------------------------
     def train(self, resume: bool) -> dict[str, Any]:
         cfg, files = self.cfg, self.files
+        files.start(cfg)
+        recover_dir(files.checkpoint)
         if resume and files.checkpoint.exists():
             self._load(files.checkpoint)
         else:
             save_model(self.policy, self.tokenizer, files.base)
         if not files.evals:  # the "before" numbers
             files.add_eval(0, self._evaluate())
-        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        try:  # Ctrl-C finishes the current update and saves (only possible from the main thread)
+            previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        except ValueError:
+            previous_handler = None
         try:
             with progress_bar() as bar:
                 task = bar.add_task("train", total=cfg.steps, completed=self.state.step, info="")
@@ -112,10 +119,12 @@ class PPOTrainer:
                     info = f"score {last['score_mean']:+.3f}  KL {last['kl_k1']:.3f}  beta {last['kl_coef']:.3g}"
                     bar.update(task, completed=self.state.step, info=info)
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
-        if self.stop_requested:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        if self.stop_requested:  # Ctrl-C: state saved between two updates; --resume continues from here
             self._save()
-            raise KeyboardInterrupt
+            save_model(self.policy, self.tokenizer, files.tuned)
+            return {"run": str(files.root), "interrupted": True, "steps": self.state.step}
         if not files.evals or files.evals[-1]["step"] != self.state.step:
             files.add_eval(self.state.step, self._evaluate())
         self._save()
@@ -193,6 +202,11 @@ class PPOTrainer:
         if self.state.step % cfg.save_every == 0 and self.state.step < cfg.steps:
             self._save()
             save_model(self.policy, self.tokenizer, self.files.tuned)
+        if self.state.bad_updates >= cfg.max_bad_updates:  # logged above; now stop, with the state saved
+            self._save()
+            raise UserError(f"{self.state.bad_updates} consecutive updates had NaN/inf losses or gradients (all "
+                            f"steps skipped); state saved at update {self.state.step}: lower --lr or check the reward")
+        maybe_die("update-end")  # tests: killed between updates
 
     def _optimise(self, r: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         """ppo_epochs passes of reshuffled minibatches  # N details #9; CleanRL ppo.py"""
@@ -226,6 +240,7 @@ class PPOTrainer:
                     self.opt.zero_grad(set_to_none=True)
                     continue
                 self.opt.step()
+                maybe_die("optimizer-step")  # tests: killed in the middle of an update
                 stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": entropy.item(),
                          "vf_clipfrac": vf_clipfrac.item(), "grad_norm": grad_norm.item(),
                          **{k: v.item() for k, v in pg_stats.items()}}
@@ -234,10 +249,6 @@ class PPOTrainer:
                 n += 1
         total = cfg.ppo_epochs * cfg.minibatches
         self.state.bad_updates = self.state.bad_updates + 1 if skipped == total else 0
-        if self.state.bad_updates >= cfg.max_bad_updates:
-            self._save()
-            raise UserError(f"{self.state.bad_updates} consecutive updates had NaN/inf losses or gradients (all "
-                            f"steps skipped); state saved at update {self.state.step}: lower --lr or check the reward")
         keys = ["policy_loss", "value_loss", "entropy", "clipfrac", "approx_kl", "ratio", "vf_clipfrac", "grad_norm"]
         out = {k: (sums[k] / n if n else float("nan")) for k in keys}
         out["skipped_steps"] = skipped
