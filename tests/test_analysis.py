@@ -52,11 +52,14 @@ def test_batched_patching_equals_transformer_lens(head_pair, direction):
     ref_resid = tl_patching.get_act_patch_resid_pre(receiver, tokens, cache, mean_metric).flatten()
     head_cells = [Cell(HEAD_HOOK, L, head=h) for L in range(4) for h in range(4)]
     resid_cells = [Cell(LAYER_COMPONENTS["resid_pre"], L, pos=p) for L in range(4) for p in range(tokens.shape[1])]
-    for k in (1, 5, 16):
-        mine = patch_sweep(receiver, cache, tokens, head_cells, head_pair.metric, cells_per_forward=k)
-        assert (mine - ref_heads).abs().max().item() < 1e-4
-    mine = patch_sweep(receiver, cache, tokens, resid_cells, head_pair.metric, cells_per_forward=7)
-    assert (mine - ref_resid).abs().max().item() < 1e-4
+    for skip in (True, False):  # starting each forward at the patched layer, or full forwards
+        for k in (1, 5, 16):
+            mine = patch_sweep(receiver, cache, tokens, head_cells, head_pair.metric, cells_per_forward=k,
+                               skip_layers=skip)
+            assert (mine - ref_heads).abs().max().item() < 1e-4
+        mine = patch_sweep(receiver, cache, tokens, resid_cells, head_pair.metric, cells_per_forward=7,
+                           skip_layers=skip)
+        assert (mine - ref_resid).abs().max().item() < 1e-4
     assert (ref_resid.max() - ref_resid.min()).item() > 0.5  # the comparison is not vacuous
 
 
