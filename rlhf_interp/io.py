@@ -32,6 +32,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def ensure_writable_dir(path: str | Path) -> None:
+    """Create `path` if needed and prove it writable; a `UserError` naming it otherwise."""
+    from rlhf_interp.errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output {path} is a file; pass a directory with --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {path} is not writable ({e.strerror}); pass another --out") from e
+
+
 def recover_dir(path: str | Path) -> None:
     """Finish an interrupted `atomic_dir` swap: if `path` is missing but a moved-aside old copy exists, restore it;
     drop leftovers of interrupted writes."""

@@ -165,6 +165,10 @@ def test_bad_outputs(tmp_path):
     (notrun / "keep.txt").write_text("precious")
     assert_one_line_error(run_cli("train", "--out", str(notrun), "--overwrite"), "not a run directory")
     assert (notrun / "keep.txt").read_text() == "precious"
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "config.toml").write_text("[train]\n")
+    assert_one_line_error(run_cli("train", "--out", str(run)), "--resume")
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):

@@ -140,7 +140,9 @@ def compare(
 
     names = parse_analyses(analyses)
     if out is not None:
-        _check_out(Path(out))
+        from rlhf_interp.io import ensure_writable_dir
+
+        ensure_writable_dir(out)
     base_src, tuned_src = resolve_pair(base, tuned)
     if prompts is None:
         prompt_list = default_prompts(base_src.is_embedded or _is_embedded_run(base_src))
@@ -184,17 +186,6 @@ def _is_embedded_run(source: Any) -> bool:
         return (source.path / "model.safetensors").read_bytes() == (EMBEDDED_DIR / "model.safetensors").read_bytes()
     except OSError:
         return False
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} is a file; pass a directory with --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").write_text("")
-        (out / ".write-test").unlink()
-    except OSError as e:
-        raise UserError(f"output directory {out} is not writable ({e.strerror})") from e
 
 
 def file_sha256(path: Path) -> str:

@@ -9,7 +9,7 @@ import torch
 
 from rlhf_interp.analysis.pair import ModelPair
 from rlhf_interp.rewards import check_scores, get_reward
-from rlhf_interp.sampling import decode_responses, position_ids_from_mask, sample
+from rlhf_interp.sampling import Samples, decode_responses, position_ids_from_mask, sample
 from rlhf_interp.text_stats import distinct_n, repetition_rate
 
 
@@ -41,7 +41,7 @@ def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 
     return {"behaviour": pd.DataFrame(rows), "behaviour_summary": summary_df, "token_kl": kl}
 
 
-def _token_kl(pair: ModelPair, s: object) -> list[dict]:
+def _token_kl(pair: ModelPair, s: Samples) -> list[dict]:
     ids = torch.cat([s.query_ids, s.response_ids], 1)
     mask = torch.cat([s.query_mask, torch.ones_like(s.response_mask)], 1)
     kwargs = {"attention_mask": mask.long(), "position_ids": position_ids_from_mask(mask)}

@@ -163,6 +163,12 @@ def run_cache(model: Any, tokens: Tensor, names: Sequence[str]) -> Any:
     return cache
 
 
+@torch.no_grad()
+def clean_metrics(receiver: Any, donor: Any, tokens: Tensor, metric: Callable[[Tensor], Tensor]) -> tuple[float, float]:
+    """Mean metric of the unpatched receiver and donor on `tokens`."""
+    return metric(receiver(tokens)).mean().item(), metric(donor(tokens)).mean().item()
+
+
 def _fraction(patched: Tensor, receiver_clean: float, donor_clean: float) -> Tensor:
     gap = donor_clean - receiver_clean
     if abs(gap) < 1e-9:
@@ -185,9 +191,7 @@ def patching_layers(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame
         cells = [Cell(hook, layer, pos=p) for comp, hook in LAYER_COMPONENTS.items()
                  for layer in range(pair.n_layers) for p in range(tokens.shape[1])]
         cache = run_cache(donor, tokens, sorted({c.name for c in cells}))
-        with torch.no_grad():
-            recv_clean = pair.metric(receiver(tokens)).mean().item()
-            donor_clean = pair.metric(donor(tokens)).mean().item()
+        recv_clean, donor_clean = clean_metrics(receiver, donor, tokens, pair.metric)
         patched = patch_sweep(receiver, cache, tokens, cells, pair.metric, cells_per_forward)
         effects = _fraction(patched, recv_clean, donor_clean)
         comp_of = {hook: comp for comp, hook in LAYER_COMPONENTS.items()}
@@ -273,9 +277,7 @@ def patching_head_pos(pair: ModelPair, heads: pd.DataFrame, top: int = 4, cells_
             whole = deltas[Cell(ATTN_OUT, c.layer, head=c.head, op="add").key]
             sources[c.key] = torch.zeros_like(whole)
             sources[c.key][:, c.pos] = whole[:, c.pos]
-        with torch.no_grad():
-            recv_clean = pair.metric(receiver(tokens)).mean().item()
-            donor_clean = pair.metric(donor(tokens)).mean().item()
+        recv_clean, donor_clean = clean_metrics(receiver, donor, tokens, pair.metric)
         patched = patch_sweep(receiver, sources, tokens, cells, pair.metric, cells_per_forward)
         for cell, m, e in zip(cells, patched.tolist(), _fraction(patched, recv_clean, donor_clean).tolist(),
                               strict=True):

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from rlhf_interp.errors import UserError
-from rlhf_interp.io import atomic_write_text
+from rlhf_interp.io import atomic_write_text, ensure_writable_dir
 from rlhf_interp.ppo.config import TrainConfig, apply_overrides, load_toml, to_toml, validate
 
 RESUMABLE_KEYS = {"steps", "device", "out"}  # what may change when a run is resumed
@@ -105,18 +105,6 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{model}-{reward}-s{cfg.seed}"
 
 
-def _check_writable(root: Path) -> None:
-    if root.exists() and not root.is_dir():
-        raise UserError(f"output {root} is a file; pass a directory with --out")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"output directory {root} is not writable ({e.strerror}); pass another --out") from e
-
-
 def prepare_run(cfg: TrainConfig, requested: dict[str, Any], resume: bool, overwrite: bool
                 ) -> tuple[TrainConfig, RunFiles]:
     """Decide the run directory, refuse to clobber an existing run, and save the resolved config."""
@@ -139,6 +127,6 @@ def prepare_run(cfg: TrainConfig, requested: dict[str, Any], resume: bool, overw
             raise UserError(f"{root} already holds a run; pass --resume to continue it or --overwrite to replace it")
         if not (root / "config.toml").exists():
             raise UserError(f"{root} is not empty and is not a run directory; refusing to --overwrite it")
-    _check_writable(root)
+    ensure_writable_dir(root)
     cfg = apply_overrides(cfg, {"out": str(root)}, "run")
     return cfg, RunFiles(root, clear_first=overwrite and not resume)
