@@ -117,6 +117,7 @@ def compare(
     reward: Annotated[str, typer.Option(help="Reward for the behaviour analysis.")] = "vader",
     positive: Annotated[str | None, typer.Option(help="Positive words: comma list or @file.")] = None,
     negative: Annotated[str | None, typer.Option(help="Negative words: comma list or @file.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Compare BASE and TUNED: behaviour, logits, logit lens, DLA, ablations, patching, attention and weight diffs."""
     import json
@@ -125,8 +126,10 @@ def compare(
 
     if out is None:
         out = Path("compare-out") / Path((tuned or base).rstrip("/")).name
+    from rlhf_interp.models import resolve_device
+
     run_compare(base, tuned, prompts=prompts, metric=metric, analyses=analyses, out=out, seed=seed, reward=reward,
-                positive=positive, negative=negative)
+                positive=positive, negative=negative, device=str(resolve_device(device)))
     summary = json.loads((out / "summary.json").read_text())
     m = summary["metric"]
     typer.echo(f"{m['name']}: base {m['base']:+.3f}, tuned {m['tuned']:+.3f}, gap {m['gap']:+.3f} "

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rlhf_interp.errors import UserError
 
 if TYPE_CHECKING:
+    import torch
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -151,6 +152,20 @@ def _hub_config(source: ModelSource) -> dict[str, Any]:
             raise _offline_error(source, e) from e
     check_architecture(config.to_dict(), source.location)
     return config.to_dict()
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`; a `UserError` for anything else."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from e
 
 
 def load_tokenizer(spec: str | Path | ModelSource) -> PreTrainedTokenizerBase:

@@ -11,6 +11,7 @@ One convention is used everywhere in the toolkit (training, sampling, analysis):
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +113,11 @@ def truncate_at_eos(responses: Tensor, eos_token_id: int | None) -> Tensor:
     return eos_before == 0
 
 
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The KV-cache argument and output field: `cache` in newer transformers 5.x, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @dataclass
 class Samples:
     """Output of `sample`: prompt tokens, fixed-length responses and what the rollout saw on the way."""
@@ -150,17 +156,18 @@ def sample(
     position_ids = position_ids_from_mask(query_mask)
     input_ids = query_ids
     past = None
+    cache_kw = cache_keyword(model)
     tokens, logps, hiddens = [], [], []
     for _ in range(max_new_tokens):
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=past,
             use_cache=True,
             output_hidden_states=return_hidden,
+            **{cache_kw: past},
         )
-        past = out.cache
+        past = getattr(out, cache_kw)
         logits = filter_logits(out.logits[:, -1, :].float(), temperature, top_k, top_p)  # (batch, vocab)
         logprobs = logits.log_softmax(-1)
         token = torch.multinomial(logprobs.exp(), 1, generator=generator)  # (batch, 1)

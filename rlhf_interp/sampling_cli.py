@@ -25,7 +25,7 @@ def run_sample(
     prompts = load_prompts(prompts_file) if prompts_file else default_prompts(source.is_embedded)
     model, tokenizer = load_causal_lm(source)
     batch = [p for p in prompts for _ in range(n)]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     out = sample(model, tokenizer, batch, max_new_tokens, temperature=temperature, generator=gen)
     texts = decode_responses(tokenizer, out)
     return [

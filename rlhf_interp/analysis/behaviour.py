@@ -20,7 +20,8 @@ def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 
     batch = [p for p in pair.prompts for _ in range(samples_per_prompt)]
     rows, kl_rows, summary = [], [], []
     for model_name, model in (("base", pair.base_hf), ("tuned", pair.tuned_hf)):
-        s = sample(model, pair.tokenizer, batch, new_tokens, generator=torch.Generator().manual_seed(seed))
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        s = sample(model, pair.tokenizer, batch, new_tokens, generator=gen)
         texts = decode_responses(pair.tokenizer, s)
         scores = check_scores(reward, reward_fn, texts)
         lengths = s.response_mask.sum(-1)

@@ -48,7 +48,8 @@ def _mean_resid(model: Any, tokenizer: Any, texts: list[str], n_layers: int) -> 
         groups[len(ids)].append(ids)
     total = 0
     for seqs in groups.values():
-        _, cache = model.run_with_cache(torch.tensor(seqs), names_filter=lambda n: n in names)
+        tokens = torch.tensor(seqs, device=model.W_U.device)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         total = total + torch.stack([cache[n][:, -1].sum(0) for n in names])
     return total / len(texts)
 

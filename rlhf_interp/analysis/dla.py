@@ -54,7 +54,7 @@ def _decompose(model: Any, pair: ModelPair) -> dict[str, Any]:
             put(f"attn{layer}", attn_total)
             put(f"attn{layer}_bias", attn_total - head_attr.sum(-1))
             post = cache[f"blocks.{layer}.mlp.hook_post"][:, -1]  # (batch, d_mlp)
-            neuron_attr = post * (read_out(W_out[layer], torch.ones(1), direction).unsqueeze(0) / scale)
+            neuron_attr = post * (read_out(W_out[layer], W_out.new_ones(1), direction).unsqueeze(0) / scale)
             neurons[layer][idx] = neuron_attr.cpu()
             put(f"mlp{layer}", read_out(cache[f"blocks.{layer}.hook_mlp_out"][:, -1], scale, direction))
         put("unembed_bias", torch.full((len(idx),), bias))

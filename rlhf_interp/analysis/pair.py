@@ -83,7 +83,8 @@ class ModelPair:
         return [tokens for _, tokens in self.groups]
 
 
-def group_prompts(tokenizer: Any, prompts: list[str], metric: Metric, n_ctx: int) -> list[tuple[list[int], Tensor]]:
+def group_prompts(tokenizer: Any, prompts: list[str], metric: Metric, n_ctx: int, device: str = "cpu"
+                  ) -> list[tuple[list[int], Tensor]]:
     """Prompts as batches of equal token length (no padding, so every position is real for both models)."""
     by_len: dict[int, list[int]] = defaultdict(list)
     encoded = [prompt_token_ids(tokenizer, p) for p in prompts]
@@ -95,7 +96,7 @@ def group_prompts(tokenizer: Any, prompts: list[str], metric: Metric, n_ctx: int
         tokens = metric.extend_tokens(torch.tensor([encoded[i] for i in idx], dtype=torch.long))
         if tokens.shape[1] > n_ctx:
             raise UserError(f"prompt {prompts[idx[0]]!r} is {tokens.shape[1]} tokens, more than the context {n_ctx}")
-        groups.append((idx, tokens))
+        groups.append((idx, tokens.to(device)))
     return groups
 
 
@@ -109,7 +110,7 @@ def load_pair(base_source: ModelSource, tuned_source: ModelSource, prompts: list
     tuned = load_bridge(tuned_source, fold_value_biases=False, device=device)
     check_compatible(base.cfg, tuned.cfg, base_tok, tuned_tok)
     metric = build_metric(metric_spec, base_tok, positive, negative)
-    groups = group_prompts(base_tok, prompts, metric, int(base.cfg.n_ctx))
+    groups = group_prompts(base_tok, prompts, metric, int(base.cfg.n_ctx), device)
     torch.set_grad_enabled(True)
     return ModelPair(base_source, tuned_source, base, tuned, base_hf, tuned_hf, base_tok, prompts, metric, groups)
 

@@ -29,7 +29,7 @@ def evaluate_base(
 ) -> dict:
     """Sample continuations of `prompts` and summarise them (the model card's numbers)."""
     batch = [p for p in prompts for _ in range(samples_per_prompt)]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     out = sample(model, tokenizer, batch, new_tokens, generator=gen)
     texts = decode_responses(tokenizer, out)
     scores = vader_scores(texts)

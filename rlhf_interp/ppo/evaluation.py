@@ -35,7 +35,7 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """Sample the evaluation set with a fixed seed; score it; KL(policy || base) summed over each response."""
     batch = eval_prompts(prompts, cfg.eval_samples_per_prompt)
-    gen = torch.Generator().manual_seed(cfg.seed + 12_345)
+    gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed + 12_345)
     s = sample(policy, tokenizer, batch, cfg.response_length, temperature=cfg.temperature, top_k=cfg.top_k,
                top_p=cfg.top_p, generator=gen)
     texts = decode_responses(tokenizer, s)

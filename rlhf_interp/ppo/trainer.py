@@ -27,7 +27,7 @@ import torch
 from rlhf_interp.errors import UserError
 from rlhf_interp.faults import maybe_die
 from rlhf_interp.io import recover_dir
-from rlhf_interp.models import load_causal_lm, resolve_model_spec, save_model
+from rlhf_interp.models import load_causal_lm, resolve_device, resolve_model_spec, save_model
 from rlhf_interp.ppo import core
 from rlhf_interp.ppo.checkpoint import load_checkpoint, optimizer_from_flat, save_checkpoint
 from rlhf_interp.ppo.config import TrainConfig
@@ -40,14 +40,6 @@ from rlhf_interp.prompts import default_prompts, load_prompts
 from rlhf_interp.rewards import RewardError, check_scores, get_reward
 from rlhf_interp.sampling import check_fits_context, prompt_token_ids
 from rlhf_interp.text_stats import distinct_n, repetition_rate
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -90,7 +82,7 @@ class PPOTrainer:
         self.state = TrainerState(kl_coef=cfg.kl_coef)
         # one generator per purpose, so that resuming restores each stream exactly  # seeding: N details #11
         self.generators = {
-            "rollout": torch.Generator().manual_seed(cfg.seed),
+            "rollout": torch.Generator(device=self.device).manual_seed(cfg.seed),  # sampling runs on the device
             "shuffle": torch.Generator().manual_seed(cfg.seed + 1),
         }
         self.stop_requested = False
@@ -141,7 +133,8 @@ class PPOTrainer:
         t0 = time.perf_counter()
         rng_before = {k: g.get_state() for k, g in self.generators.items()}
         # 1. rollout
-        idx = torch.randint(0, len(self.prompts), (cfg.batch_size,), generator=self.generators["rollout"])
+        gen = self.generators["rollout"]
+        idx = torch.randint(0, len(self.prompts), (cfg.batch_size,), generator=gen, device=gen.device)
         prompts = [self.prompts[i] for i in idx.tolist()]
         self.policy.eval()  # dropout off in policy, reference and value head  # N details #9
         r = collect_rollout(self.policy, self.ref, self.value_head, self.tokenizer, prompts, cfg,
@@ -265,7 +258,8 @@ class PPOTrainer:
     def _save(self, rng_override: dict[str, torch.Tensor] | None = None) -> None:
         generators = self.generators
         if rng_override is not None:
-            generators = {k: torch.Generator().set_state(v) for k, v in rng_override.items()}
+            generators = {k: torch.Generator(device=self.generators[k].device).set_state(v)
+                          for k, v in rng_override.items()}
         self.state.kl_coef = self.kl_ctl.value
         self.state.score_moments = {"mean": self.moments.mean, "var": self.moments.var, "count": self.moments.count}
         state = {"trainer": self.state.__dict__, "tables": self.files.tables()}
