@@ -191,6 +191,20 @@ def sample(
     )
 
 
+def sample_seeded(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    seed: int,
+    **kwargs: object,
+) -> tuple[Samples, list[str]]:
+    """`sample` with a fresh generator on the model's device seeded with `seed`; also returns the decoded texts."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    samples = sample(model, tokenizer, prompts, max_new_tokens, generator=gen, **kwargs)
+    return samples, decode_responses(tokenizer, samples)
+
+
 def decode_responses(tokenizer: PreTrainedTokenizerBase, samples: Samples) -> list[str]:
     """Response texts: the masked tokens, special tokens (EOS) dropped."""
     return [

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from rlhf_interp.embedded.evaluate import vader_scores
 from rlhf_interp.errors import UserError
 from rlhf_interp.models import load_causal_lm, resolve_model_spec
 from rlhf_interp.prompts import default_prompts, load_prompts
-from rlhf_interp.sampling import decode_responses, sample
+from rlhf_interp.sampling import sample_seeded
 
 
 def run_sample(
@@ -25,9 +23,7 @@ def run_sample(
     prompts = load_prompts(prompts_file) if prompts_file else default_prompts(source.is_embedded)
     model, tokenizer = load_causal_lm(source)
     batch = [p for p in prompts for _ in range(n)]
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    out = sample(model, tokenizer, batch, max_new_tokens, temperature=temperature, generator=gen)
-    texts = decode_responses(tokenizer, out)
+    _, texts = sample_seeded(model, tokenizer, batch, max_new_tokens, seed, temperature=temperature)
     return [
         {"prompt": p, "response": t, "score": s}
         for p, t, s in zip(batch, texts, vader_scores(texts), strict=True)

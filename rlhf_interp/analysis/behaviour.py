@@ -9,7 +9,7 @@ import torch
 
 from rlhf_interp.analysis.pair import ModelPair
 from rlhf_interp.rewards import check_scores, get_reward
-from rlhf_interp.sampling import Samples, decode_responses, position_ids_from_mask, sample
+from rlhf_interp.sampling import Samples, position_ids_from_mask, sample_seeded
 from rlhf_interp.text_stats import distinct_n, repetition_rate
 
 
@@ -20,9 +20,7 @@ def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 
     batch = [p for p in pair.prompts for _ in range(samples_per_prompt)]
     rows, kl_rows, summary = [], [], []
     for model_name, model in (("base", pair.base_hf), ("tuned", pair.tuned_hf)):
-        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-        s = sample(model, pair.tokenizer, batch, new_tokens, generator=gen)
-        texts = decode_responses(pair.tokenizer, s)
+        s, texts = sample_seeded(model, pair.tokenizer, batch, new_tokens, seed)
         scores = check_scores(reward, reward_fn, texts)
         lengths = s.response_mask.sum(-1)
         has_eos = lengths < s.response_mask.shape[1]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import statistics
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_interp.prompts import EMBEDDED_PROMPTS
-from rlhf_interp.sampling import decode_responses, sample
+from rlhf_interp.sampling import sample_seeded
 from rlhf_interp.text_stats import distinct_n, repetition_rate
 
 
@@ -29,9 +28,7 @@ def evaluate_base(
 ) -> dict:
     """Sample continuations of `prompts` and summarise them (the model card's numbers)."""
     batch = [p for p in prompts for _ in range(samples_per_prompt)]
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    out = sample(model, tokenizer, batch, new_tokens, generator=gen)
-    texts = decode_responses(tokenizer, out)
+    out, texts = sample_seeded(model, tokenizer, batch, new_tokens, seed)
     scores = vader_scores(texts)
     has_eos = (out.response_ids == tokenizer.eos_token_id).any(-1)
     examples = [{"prompt": p, "response": t, "score": s} for p, t, s in zip(batch, texts, scores, strict=True)]

@@ -13,7 +13,7 @@ from rlhf_interp.ppo.config import TrainConfig
 from rlhf_interp.ppo.core import kl_estimates, logprobs_of
 from rlhf_interp.ppo.rollout import forward_response
 from rlhf_interp.rewards import RewardFn, check_scores
-from rlhf_interp.sampling import decode_responses, sample
+from rlhf_interp.sampling import sample_seeded
 from rlhf_interp.text_stats import distinct_n, repetition_rate
 
 MAX_EVAL_PROMPTS = 32
@@ -35,10 +35,8 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """Sample the evaluation set with a fixed seed; score it; KL(policy || base) summed over each response."""
     batch = eval_prompts(prompts, cfg.eval_samples_per_prompt)
-    gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.seed + 12_345)
-    s = sample(policy, tokenizer, batch, cfg.response_length, temperature=cfg.temperature, top_k=cfg.top_k,
-               top_p=cfg.top_p, generator=gen)
-    texts = decode_responses(tokenizer, s)
+    s, texts = sample_seeded(policy, tokenizer, batch, cfg.response_length, cfg.seed + 12_345,
+                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     scored = [p + t for p, t in zip(batch, texts, strict=True)] if cfg.reward_text == "prompt+response" else texts
     scores = torch.tensor(check_scores(cfg.reward, reward_fn, scored))
     ref_logits, _ = forward_response(ref, s.query_ids, s.query_mask, s.response_ids, cfg)
