@@ -40,10 +40,6 @@ class ModelSource:
     hub_name: str | None = None
 
     @property
-    def is_embedded(self) -> bool:
-        return self.path is not None and self.path.resolve() == EMBEDDED_DIR.resolve()
-
-    @property
     def location(self) -> str:
         return str(self.path) if self.path is not None else str(self.hub_name)
 

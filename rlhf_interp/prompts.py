@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+from typing import Any
 
 from rlhf_interp.errors import UserError
 
@@ -48,9 +50,23 @@ ENGLISH_PROMPTS: tuple[str, ...] = (
 )
 
 
-def default_prompts(embedded: bool) -> list[str]:
-    """The default prompt set: review openings for the embedded model, an English set otherwise."""
-    return list(EMBEDDED_PROMPTS if embedded else ENGLISH_PROMPTS)
+def default_prompts(tokenizer: Any) -> list[str]:
+    """The default prompt set: review openings for models with the embedded vocabulary (the embedded model and
+    anything trained from it), the English set otherwise."""
+    return list(EMBEDDED_PROMPTS if uses_embedded_vocab(tokenizer) else ENGLISH_PROMPTS)
+
+
+@functools.cache
+def _embedded_vocab() -> tuple[tuple[str, int], ...]:
+    from transformers import AutoTokenizer
+
+    from rlhf_interp.models import EMBEDDED_DIR
+
+    return tuple(sorted(AutoTokenizer.from_pretrained(EMBEDDED_DIR).get_vocab().items()))
+
+
+def uses_embedded_vocab(tokenizer: Any) -> bool:
+    return tuple(sorted(tokenizer.get_vocab().items())) == _embedded_vocab()
 
 
 def load_prompts(path: str | Path) -> list[str]:

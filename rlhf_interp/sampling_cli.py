@@ -20,8 +20,9 @@ def run_sample(
     if temperature <= 0:
         raise UserError(f"--temperature must be > 0, got {temperature}")
     source = resolve_model_spec(model_spec)
-    prompts = load_prompts(prompts_file) if prompts_file else default_prompts(source.is_embedded)
+    prompts = load_prompts(prompts_file) if prompts_file else None
     model, tokenizer = load_causal_lm(source)
+    prompts = prompts or default_prompts(tokenizer)
     batch = [p for p in prompts for _ in range(n)]
     _, texts = sample_seeded(model, tokenizer, batch, max_new_tokens, seed, temperature=temperature)
     return [

@@ -86,3 +86,13 @@ def test_cli_model_errors(tmp_path, what):
     if what == "file":
         target.write_text("hi")
     assert_one_line_error(run_cli("sample", str(target)), str(target))
+
+
+def test_default_prompts_follow_the_vocabulary(tiny_gpt2_dir, tmp_path):
+    from rlhf_interp.models import load_tokenizer, save_model
+    from rlhf_interp.prompts import EMBEDDED_PROMPTS, ENGLISH_PROMPTS, default_prompts
+
+    model, tok = load_causal_lm("embedded")
+    save_model(model, tok, tmp_path / "copy")  # e.g. a run's base/ or tuned/
+    assert default_prompts(load_tokenizer(str(tmp_path / "copy"))) == list(EMBEDDED_PROMPTS)
+    assert default_prompts(load_tokenizer(str(tiny_gpt2_dir))) == list(ENGLISH_PROMPTS)

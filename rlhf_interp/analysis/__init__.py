@@ -145,7 +145,9 @@ def compare(
         ensure_writable_dir(out)
     base_src, tuned_src = resolve_pair(base, tuned)
     if prompts is None:
-        prompt_list = default_prompts(base_src.is_embedded or _is_embedded_run(base_src))
+        from rlhf_interp.models import load_tokenizer
+
+        prompt_list = default_prompts(load_tokenizer(base_src))
     elif isinstance(prompts, list):
         prompt_list = prompts
     else:
@@ -175,17 +177,6 @@ def compare(
 
             render_compare(Path(out))
     return tables
-
-
-def _is_embedded_run(source: Any) -> bool:
-    from rlhf_interp.models import EMBEDDED_DIR
-
-    if source.path is None:
-        return False
-    try:
-        return (source.path / "model.safetensors").read_bytes() == (EMBEDDED_DIR / "model.safetensors").read_bytes()
-    except OSError:
-        return False
 
 
 def file_sha256(path: Path) -> str:

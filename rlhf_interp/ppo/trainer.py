@@ -60,9 +60,10 @@ class PPOTrainer:
         self.cfg, self.files = cfg, files
         self.device = resolve_device(cfg.device)
         source = resolve_model_spec(cfg.model)
-        self.prompts = load_prompts(cfg.prompts) if cfg.prompts else default_prompts(source.is_embedded)
+        prompts = load_prompts(cfg.prompts) if cfg.prompts else None
         self.reward_fn = get_reward(cfg.reward, label=cfg.classifier_label, output=cfg.classifier_output)
         self.policy, self.tokenizer = load_causal_lm(source, device=str(self.device))
+        self.prompts = prompts or default_prompts(self.tokenizer)
         lengths = [len(prompt_token_ids(self.tokenizer, p)) for p in self.prompts]
         check_fits_context(self.policy, self.prompts, lengths, cfg.response_length)
         # the frozen reference: the base model, never updated  # KL against the frozen base: N details #4
