@@ -206,10 +206,14 @@ def patching_layers(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame
 
 
 @torch.no_grad()
-def head_output_deltas(receiver: Any, donor: Any, tokens: Tensor, n_layers: int, n_heads: int) -> dict[str, Tensor]:
-    """donor z_h W_O_h − receiver z_h W_O_h per head, (batch, pos, d_model), keyed like Cell.key for op "add"."""
+def head_output_deltas(receiver: Any, donor: Any, tokens: Tensor, n_layers: int, n_heads: int,
+                       donor_cache: Any = None) -> dict[str, Tensor]:
+    """donor z_h W_O_h − receiver z_h W_O_h per head, (batch, pos, d_model), keyed like Cell.key for op "add".
+
+    `donor_cache`, if given, must hold the donor's hook_z of every layer on `tokens` (saves a forward)."""
     names = [HEAD_HOOK.format(L=L) for L in range(n_layers)]
-    rc, dc = run_cache(receiver, tokens, names), run_cache(donor, tokens, names)
+    rc = run_cache(receiver, tokens, names)
+    dc = donor_cache if donor_cache is not None else run_cache(donor, tokens, names)
     out = {}
     for L in range(n_layers):
         z_r, z_d = rc[names[L]], dc[names[L]]  # (batch, pos, head, d_head)
@@ -246,9 +250,9 @@ def patching_heads(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
         recv_clean = donor_clean = 0.0
         for idx, tokens in pair.groups:  # weighted mean over groups of equal-length prompts
             w = len(idx) / n
-            deltas = head_output_deltas(receiver, donor, tokens, pair.n_layers, pair.n_heads)
+            cache = run_cache(donor, tokens, sorted({c.name for c in z_cells}))  # donor hook_z, every layer
+            deltas = head_output_deltas(receiver, donor, tokens, pair.n_layers, pair.n_heads, donor_cache=cache)
             total_out += patch_sweep(receiver, deltas, tokens, out_cells, pair.metric, cells_per_forward) * w
-            cache = run_cache(donor, tokens, sorted({c.name for c in z_cells}))
             total_z += patch_sweep(receiver, cache, tokens, z_cells, pair.metric, cells_per_forward) * w
             with torch.no_grad():
                 recv_clean += pair.metric(receiver(tokens)).sum().item() / n

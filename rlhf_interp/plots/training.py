@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from rlhf_interp.io import atomic_write_bytes
 
 PANELS = [
     ("score_mean", "reward score (rollouts)"),
@@ -41,14 +38,3 @@ def draw_training_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None) -> A
         ax.grid(alpha=0.3)
     return fig
 
-
-def plot_training_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None, path: Path) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    fig = draw_training_curves(metrics, evals)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from rlhf_interp.errors import UserError
-from rlhf_interp.io import atomic_write_text, ensure_writable_dir
+from rlhf_interp.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from rlhf_interp.ppo.config import TrainConfig, apply_overrides, load_toml, to_toml, validate
 
 RESUMABLE_KEYS = {"steps", "device", "out"}  # what may change when a run is resumed
@@ -76,8 +76,6 @@ class RunFiles:
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.samples))
 
     def finish(self, cfg: TrainConfig) -> dict[str, Any]:
-        from rlhf_interp.plots.training import plot_training_curves
-
         before, after = self.evals[0], self.evals[-1]
         summary = {
             "run": str(self.root),
@@ -94,8 +92,8 @@ class RunFiles:
         if self.metrics:
             from rlhf_interp.report.render import render_training
 
-            plot_training_curves(pd.DataFrame(self.metrics), pd.DataFrame(self.evals), self.root / "curves.png")
-            render_training(self.root)
+            render_training(self.root)  # draws the curves once: figures/training_curves.png, also saved as curves.png
+            atomic_write_bytes(self.root / "curves.png", (self.root / "figures" / "training_curves.png").read_bytes())
         return summary
 
 
