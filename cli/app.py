@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,7 +29,8 @@ def _root(
     if threads > 0:
         import torch
 
-        torch.set_num_threads(threads)
+        # under torchrun the processes of one node share its cores
+        torch.set_num_threads(max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 @app.command()
@@ -82,15 +84,23 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Seed of every generator.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+    nproc: Annotated[int, typer.Option(help="Processes on this node (launches torchrun; DDP, gloo on CPU, "
+                                            "nccl on GPU). 1: this process.")] = 1,
 ) -> None:
     """Fine-tune a model with PPO against a reward; writes base/, tuned/, metrics.csv, samples.jsonl, curves.png."""
     from rlhf_interp.ppo import run_training
     from rlhf_interp.ppo.config import parse_cli_overrides
 
+    if nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1:
+        raise typer.Exit(_launch_torchrun(nproc))
     named = {"model": model, "reward": reward, "prompts": prompts, "out": out, "steps": steps, "seed": seed}
     overrides = {k: v for k, v in named.items() if v is not None}
     overrides.update(parse_cli_overrides(list(ctx.args)))
     summary = run_training(config, overrides, resume=resume, overwrite=overwrite)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 reports
     if summary.get("interrupted"):
         typer.echo(f"interrupted after update {summary['steps']}: state saved in {summary['run']}/checkpoint; "
                    f"continue with: rlhf-interp train --out {summary['run']} --resume", err=True)
@@ -103,6 +113,26 @@ def train(
     )
     typer.echo(f"run written to {summary['run']}")
     typer.echo(f"report: {Path(summary['run']) / 'report.html'}")
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """`rlhf-interp train --nproc N ...` = `torchrun --standalone --nproc-per-node N -m rlhf_interp.cli train ...`."""
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:  # the same command line without --nproc
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "rlhf_interp.cli", *args]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 130
 
 
 @app.command()
@@ -172,7 +202,8 @@ def main() -> None:
     except UserError as e:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {e}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank raises the same error; rank 0 says it
+            typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)

@@ -4,7 +4,7 @@ A checkpoint is one directory written atomically (`rlhf_interp.io.atomic_dir`):
     checkpoint/policy/                 the policy, HF format
     checkpoint/value_head.safetensors
     checkpoint/optimizer.safetensors   every tensor of the optimizer state, keyed `state.<param>.<name>`
-    checkpoint/rng.safetensors         states of the torch generators
+    checkpoint/rng.safetensors         states of the torch generators (of every rank)
     checkpoint/state.json              step, KL controller, score moments, optimizer param groups, tables so far
 """
 
@@ -51,7 +51,7 @@ def save_checkpoint(
     tokenizer: Any,
     value_head: torch.nn.Module,
     opt: torch.optim.Optimizer,
-    generators: dict[str, torch.Generator],
+    rng: dict[str, torch.Tensor],
     state: dict[str, Any],
 ) -> None:
     """Write the whole trainer state atomically: the directory is complete under `path` or not there at all."""
@@ -62,7 +62,7 @@ def save_checkpoint(
         save_file({k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()},
                   tmp / "value_head.safetensors")
         save_file(opt_tensors, tmp / "optimizer.safetensors")
-        save_file({name: g.get_state() for name, g in generators.items()}, tmp / "rng.safetensors")
+        save_file({name: v.contiguous() for name, v in rng.items()}, tmp / "rng.safetensors")
         (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1), encoding="utf-8")
 
 

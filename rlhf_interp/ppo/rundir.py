@@ -29,6 +29,7 @@ RESUMABLE_KEYS = {"steps", "device", "out"}  # what may change when a run is res
 class RunFiles:
     root: Path
     clear_first: bool = False  # --overwrite: the old run is removed by `start`, once the new one has loaded
+    write: bool = True  # False on ranks other than 0: the tables are kept in memory, nothing is written
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -39,6 +40,8 @@ class RunFiles:
 
     def start(self, cfg: TrainConfig) -> None:
         """Called once models, prompts and reward have loaded: clear an overwritten run, save the resolved config."""
+        if not self.write:
+            return
         if self.clear_first:
             for child in self.root.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else os.unlink(child)
@@ -68,6 +71,8 @@ class RunFiles:
 
     def flush(self) -> None:
         """Rewrite the tables atomically (small files; a kill never leaves a torn one)."""
+        if not self.write:
+            return
         if self.metrics:
             atomic_write_text(self.root / "metrics.csv", pd.DataFrame(self.metrics).to_csv(index=False))
         if self.evals:
@@ -88,6 +93,8 @@ class RunFiles:
             "eval_after": after,
             "score_gain": after["score_mean"] - before["score_mean"],
         }
+        if not self.write:
+            return summary
         atomic_write_text(self.root / "summary.json", json.dumps(summary, indent=1))
         if self.metrics:
             from rlhf_interp.report.render import render_training

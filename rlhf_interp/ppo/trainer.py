@@ -11,6 +11,8 @@
         log / save   metrics.csv, samples.jsonl, eval.csv; atomic checkpoint every save_every updates
 
 The policy is a plain `transformers` model kept in eval mode (dropout off) throughout; gradients still flow.
+On several processes (torchrun) each rank rolls out its share of the batch and the statistics are global; see
+`rlhf_interp.ppo.distributed`.
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from rlhf_interp.errors import UserError
 from rlhf_interp.faults import maybe_die
 from rlhf_interp.io import recover_dir
 from rlhf_interp.models import load_causal_lm, resolve_device, resolve_model_spec, save_model
-from rlhf_interp.ppo import core
+from rlhf_interp.ppo import core, distributed
 from rlhf_interp.ppo.checkpoint import load_checkpoint, optimizer_from_flat, save_checkpoint
 from rlhf_interp.ppo.config import TrainConfig
+from rlhf_interp.ppo.distributed import Dist
 from rlhf_interp.ppo.evaluation import evaluate_policy
 from rlhf_interp.ppo.rollout import Rollout, collect_rollout, forward_response, reward_texts
 from rlhf_interp.ppo.rundir import RunFiles
@@ -53,12 +58,31 @@ class TrainerState:
     elapsed_s: float = 0.0
 
 
+class PolicyAndValue(nn.Module):
+    """The policy and its value head as one module: one forward for the PPO loss, one DDP wrapper for both."""
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.policy, self.value_head, self.cfg = policy, value_head, cfg
+
+    def forward(self, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """-> filtered logits (batch, resp, vocab) and values (batch, resp) at the response positions."""
+        logits, hidden = forward_response(self.policy, query_ids, query_mask, response_ids, self.cfg,
+                                          output_hidden=True)
+        assert hidden is not None
+        return logits, self.value_head(hidden)
+
+
 class PPOTrainer:
     """Holds the models, optimizer and generators of one run; `train()` runs the loop."""
 
-    def __init__(self, cfg: TrainConfig, files: RunFiles) -> None:
+    def __init__(self, cfg: TrainConfig, files: RunFiles, dist: Dist | None = None,
+                 device: torch.device | None = None) -> None:
         self.cfg, self.files = cfg, files
-        self.device = resolve_device(cfg.device)
+        self.dist = dist or Dist()
+        self.device = device or resolve_device(cfg.device)
+        self.local_batch = distributed.check_batch(cfg.batch_size, cfg.minibatches, self.dist.world)
+        files.write = self.dist.is_main  # only rank 0 writes files
         source = resolve_model_spec(cfg.model)
         prompts = load_prompts(cfg.prompts) if cfg.prompts else None
         self.reward_fn = get_reward(cfg.reward, label=cfg.classifier_label, output=cfg.classifier_output)
@@ -69,6 +93,12 @@ class PPOTrainer:
         # the frozen reference: the base model, never updated  # KL against the frozen base: N details #4
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.value_head = ValueHead(hidden_size(self.policy)).to(self.device)
+        self.model = PolicyAndValue(self.policy, self.value_head, cfg)
+        # several processes: DDP all-reduces (averages) the gradients of policy and value head in backward()
+        self.ddp: nn.Module = self.model
+        if self.dist.active:
+            self.ddp = DistributedDataParallel(self.model,
+                                               device_ids=[self.device] if self.device.type == "cuda" else None)
         # separate learning rates for body and head  # N details #9
         self.opt = torch.optim.AdamW(
             [
@@ -82,20 +112,24 @@ class PPOTrainer:
         self.moments = core.RunningMoments()
         self.state = TrainerState(kl_coef=cfg.kl_coef)
         # one generator per purpose, so that resuming restores each stream exactly  # seeding: N details #11
+        # each rank its own seeds (rank 0 keeps cfg.seed): ranks sample different episodes
+        rank = self.dist.rank
         self.generators = {
-            "rollout": torch.Generator(device=self.device).manual_seed(cfg.seed),  # sampling runs on the device
-            "shuffle": torch.Generator().manual_seed(cfg.seed + 1),
+            "rollout": torch.Generator(device=self.device).manual_seed(distributed.rank_seed(cfg.seed, rank)),
+            "shuffle": torch.Generator().manual_seed(distributed.rank_seed(cfg.seed + 1, rank)),
         }
         self.stop_requested = False
 
     # --- the loop --------------------------------------------------------------------------------------------------
     def train(self, resume: bool) -> dict[str, Any]:
-        cfg, files = self.cfg, self.files
-        files.start(cfg)
-        recover_dir(files.checkpoint)
+        cfg, files, main = self.cfg, self.files, self.dist.is_main
+        if main:
+            files.start(cfg)
+            recover_dir(files.checkpoint)
+        self.dist.barrier()  # the other ranks read the checkpoint once rank 0 has recovered it
         if resume and files.checkpoint.exists():
             self._load(files.checkpoint)
-        else:
+        elif main:
             save_model(self.policy, self.tokenizer, files.base)
         if not files.evals:  # the "before" numbers
             files.add_eval(0, self._evaluate())
@@ -104,9 +138,9 @@ class PPOTrainer:
         except ValueError:
             previous_handler = None
         try:
-            with progress_bar() as bar:
+            with progress_bar(disable=None if main else True) as bar:
                 task = bar.add_task("train", total=cfg.steps, completed=self.state.step, info="")
-                while self.state.step < cfg.steps and not self.stop_requested:
+                while self.state.step < cfg.steps and not self._stop_everywhere():
                     self._update()
                     last = files.metrics[-1]
                     info = f"score {last['score_mean']:+.3f}  KL {last['kl_k1']:.3f}  beta {last['kl_coef']:.3g}"
@@ -114,15 +148,17 @@ class PPOTrainer:
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
-        if self.stop_requested:  # Ctrl-C: state saved between two updates; --resume continues from here
-            self._save()
-            save_model(self.policy, self.tokenizer, files.tuned)
+        if self._stop_everywhere():  # Ctrl-C: state saved between two updates; --resume continues from here
+            self._save_all()
             return {"run": str(files.root), "interrupted": True, "steps": self.state.step}
         if not files.evals or files.evals[-1]["step"] != self.state.step:
             files.add_eval(self.state.step, self._evaluate())
-        self._save()
-        save_model(self.policy, self.tokenizer, files.tuned)
+        self._save_all()
         return files.finish(cfg)
+
+    def _stop_everywhere(self) -> bool:
+        """Ctrl-C on any rank stops every rank after the same update."""
+        return self.dist.any(self.stop_requested, self.device)
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         # Ctrl-C: finish the current update, save, exit (a second Ctrl-C interrupts at once)
@@ -130,28 +166,32 @@ class PPOTrainer:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _update(self) -> None:
-        cfg = self.cfg
+        cfg, dist = self.cfg, self.dist
         t0 = time.perf_counter()
         rng_before = {k: g.get_state() for k, g in self.generators.items()}
-        # 1. rollout
+        # 1. rollout (this rank's share of the batch)
         gen = self.generators["rollout"]
-        idx = torch.randint(0, len(self.prompts), (cfg.batch_size,), generator=gen, device=gen.device)
+        idx = torch.randint(0, len(self.prompts), (self.local_batch,), generator=gen, device=gen.device)
         prompts = [self.prompts[i] for i in idx.tolist()]
         self.policy.eval()  # dropout off in policy, reference and value head  # N details #9
         r = collect_rollout(self.policy, self.ref, self.value_head, self.tokenizer, prompts, cfg,
                             self.generators["rollout"])
         # 2. score
+        raw_scores, error = None, None
         try:
             raw_scores = check_scores(cfg.reward, self.reward_fn, reward_texts(r, cfg))
-        except RewardError:
+        except RewardError as e:
+            error = str(e)
+        errors = [e for e in dist.gather_objects(error) if e]
+        if errors:  # on any rank: every rank stops
             self._save(rng_override=rng_before)  # the state at the start of this update: --resume retries it
-            raise
+            raise RewardError(errors[0])
         scores = torch.tensor(raw_scores, dtype=torch.float32, device=self.device)
         if cfg.missing_eos_penalty:
             scores = scores - cfg.missing_eos_penalty * (~r.has_eos).float()  # N details #2
         r.scores = scores
-        if cfg.whiten_scores:  # running score normalisation  # N details #6
-            self.moments.update(scores)
+        if cfg.whiten_scores:  # running score normalisation over the global batch  # N details #6
+            self.moments.update(dist.gather_rows(scores))
             scores = (scores - self.moments.mean) / max(self.moments.std, 1e-8)
         # 3. shape: per-token KL penalty with the score at the last token
         k1, k3 = core.kl_estimates(r.logprobs, r.ref_logprobs)
@@ -159,43 +199,49 @@ class PPOTrainer:
         # 4. advantages
         advantages, returns = core.compute_gae(rewards, r.values, r.mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            advantages = core.masked_whiten(advantages, r.mask)
+            advantages = dist.masked_whiten(advantages, r.mask)
         # 5. optimise
-        opt_stats = self._optimise(r, advantages, returns)
-        # 6. adapt beta on the rollout's mean per-sequence KL
-        kl_seq = (k1 * r.mask).sum(-1)
+        opt_stats = dist.mean_of_stats(self._optimise(r, advantages, returns), self.device)
+        # 6. adapt beta on the global batch's mean per-sequence KL
+        per_seq = dist.gather_rows(torch.stack([
+            r.scores, (k1 * r.mask).sum(-1), (k3 * r.mask).sum(-1), rewards.sum(-1), non_score.sum(-1),
+            r.mask.sum(-1).float(), r.has_eos.float(),
+        ], dim=1))  # (batch, 7), every rank's episodes
+        all_scores, kl_seq, kl3_seq, reward_total, reward_kl, lengths, has_eos = per_seq.unbind(1)
         kl_coef_used = self.kl_ctl.value
         self.kl_ctl.update(kl_seq.mean().item(), cfg.batch_size)
         # 7. log
         self.state.step += 1
         elapsed = time.perf_counter() - t0
         self.state.elapsed_s += elapsed
-        lengths = r.mask.sum(-1).float()
+        all_prompts = [p for part in dist.gather_objects(r.prompts) for p in part]
+        all_texts = [t for part in dist.gather_objects(r.texts) for t in part]
         self.files.add_metrics({
             "step": self.state.step,
             "episodes": self.state.step * cfg.batch_size,
-            "score_mean": r.scores.mean().item(),
-            "score_std": r.scores.std().item(),
-            "reward_total": (rewards.sum(-1)).mean().item(),
-            "reward_kl": non_score.sum(-1).mean().item(),
+            "score_mean": all_scores.mean().item(),
+            "score_std": all_scores.std().item(),
+            "reward_total": reward_total.mean().item(),
+            "reward_kl": reward_kl.mean().item(),
             "kl_k1": kl_seq.mean().item(),
-            "kl_k3": (k3 * r.mask).sum(-1).mean().item(),
+            "kl_k3": kl3_seq.mean().item(),
             "kl_coef": kl_coef_used,
             **opt_stats,
-            "explained_var": core.explained_variance(r.values, returns, r.mask),
+            "explained_var": dist.explained_variance(r.values, returns, r.mask),
             "response_len": lengths.mean().item(),
-            "eos_rate": r.has_eos.float().mean().item(),
-            "distinct_2": distinct_n(r.texts, 2),
-            "repetition_3": repetition_rate(r.texts, 3),
+            "eos_rate": has_eos.mean().item(),
+            "distinct_2": distinct_n(all_texts, 2),
+            "repetition_3": repetition_rate(all_texts, 3),
             "episodes_per_s": cfg.batch_size / elapsed,
             "time_s": self.state.elapsed_s,
         })
+        distributed.maybe_record_digest(self.state.step, dist, self.model)  # tests: ranks stay identical
         if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
-            self.files.add_samples(self.state.step, "rollout", r.prompts[:8], r.texts[:8], r.scores[:8].tolist())
+            self.files.add_samples(self.state.step, "rollout", all_prompts[:8], all_texts[:8],
+                                   all_scores[:8].tolist())
             self.files.add_eval(self.state.step, self._evaluate())
         if self.state.step % cfg.save_every == 0 and self.state.step < cfg.steps:
-            self._save()
-            save_model(self.policy, self.tokenizer, self.files.tuned)
+            self._save_all()
         if self.state.bad_updates >= cfg.max_bad_updates:  # logged above; now stop, with the state saved
             self._save()
             raise UserError(f"{self.state.bad_updates} consecutive updates had NaN/inf losses or gradients (all "
@@ -203,22 +249,21 @@ class PPOTrainer:
         maybe_die("update-end")  # tests: killed between updates
 
     def _optimise(self, r: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
-        """ppo_epochs passes of reshuffled minibatches  # N details #9; CleanRL ppo.py"""
+        """ppo_epochs passes of reshuffled minibatches  # N details #9; CleanRL ppo.py
+
+        On several processes each rank shuffles its own episodes; DDP averages the gradients in backward()."""
         cfg = self.cfg
-        mb_size = cfg.batch_size // cfg.minibatches
+        mb_size = self.local_batch // cfg.minibatches
         sums: dict[str, float] = {}
         n, skipped = 0, 0
         self.policy.eval()
         for _epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(cfg.batch_size, generator=self.generators["shuffle"]).to(self.device)
-            for start in range(0, cfg.batch_size, mb_size):
+            perm = torch.randperm(self.local_batch, generator=self.generators["shuffle"]).to(self.device)
+            for start in range(0, self.local_batch, mb_size):
                 mb = perm[start : start + mb_size]
                 mb_mask = r.mask[mb]
-                logits, hidden = forward_response(self.policy, r.query_ids[mb], r.query_mask[mb],
-                                                  r.response_ids[mb], cfg, output_hidden=True)
-                assert hidden is not None
+                logits, mb_values = self.ddp(r.query_ids[mb], r.query_mask[mb], r.response_ids[mb])
                 mb_logp = core.logprobs_of(logits, r.response_ids[mb])
-                mb_values = self.value_head(hidden)
                 pg_loss, pg_stats = core.clipped_policy_loss(mb_logp, r.logprobs[mb], advantages[mb], mb_mask,
                                                              cfg.cliprange)
                 vf_loss, vf_clipfrac = core.clipped_value_loss(mb_values, r.values[mb], returns[mb], mb_mask,
@@ -229,7 +274,8 @@ class PPOTrainer:
                 loss.backward()
                 params = [p for g in self.opt.param_groups for p in g["params"]]
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                bad = not (torch.isfinite(loss) and torch.isfinite(grad_norm))
+                if self.dist.any(bad, self.device):  # every rank skips the same steps
                     skipped += 1  # NaN/inf in loss or gradients: skip this step, keep the weights
                     self.opt.zero_grad(set_to_none=True)
                     continue
@@ -249,35 +295,58 @@ class PPOTrainer:
         return out
 
     def _evaluate(self) -> dict[str, Any]:
-        try:
-            return evaluate_policy(self.policy, self.ref, self.tokenizer, self.prompts, self.cfg, self.reward_fn)
-        except RewardError:
+        """The fixed evaluation set, on rank 0 (its result is sent to every rank, so their tables agree)."""
+        result, error = None, None
+        if self.dist.is_main:
+            try:
+                result = evaluate_policy(self.policy, self.ref, self.tokenizer, self.prompts, self.cfg, self.reward_fn)
+            except RewardError as e:
+                error = str(e)
+        result, error = self.dist.broadcast_object((result, error))
+        if error:
             self._save()  # a consistent state between updates: --resume continues from here
-            raise
+            raise RewardError(error)
+        return result
 
     # --- saving and resuming ---------------------------------------------------------------------------------------
+    def _save_all(self) -> None:
+        """Checkpoint and tuned/ (collective: every rank calls it; rank 0 writes)."""
+        self._save()
+        if self.dist.is_main:
+            save_model(self.policy, self.tokenizer, self.files.tuned)
+
     def _save(self, rng_override: dict[str, torch.Tensor] | None = None) -> None:
-        generators = self.generators
-        if rng_override is not None:
-            generators = {k: torch.Generator(device=self.generators[k].device).set_state(v)
-                          for k, v in rng_override.items()}
+        """The trainer state, with every rank's generator states (collective: every rank calls it; rank 0 writes)."""
+        rng = rng_override or {k: g.get_state() for k, g in self.generators.items()}
+        per_rank = self.dist.gather_objects(rng)
+        if not self.dist.is_main:
+            return
+        rng = {_rng_key(name, rank): v for rank, states in enumerate(per_rank) for name, v in states.items()}
         self.state.kl_coef = self.kl_ctl.value
         self.state.score_moments = {"mean": self.moments.mean, "var": self.moments.var, "count": self.moments.count}
-        state = {"trainer": self.state.__dict__, "tables": self.files.tables()}
-        save_checkpoint(self.files.checkpoint, self.policy, self.tokenizer, self.value_head, self.opt, generators,
-                        state)
+        state = {"trainer": self.state.__dict__, "tables": self.files.tables(), "world_size": self.dist.world}
+        save_checkpoint(self.files.checkpoint, self.policy, self.tokenizer, self.value_head, self.opt, rng, state)
         self.files.flush()
 
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
+        saved_world = ckpt["state"].get("world_size", 1)
+        if saved_world != self.dist.world:
+            raise UserError(f"{path} was written by a run on {saved_world} process(es); resume it on the same number "
+                            f"(now {self.dist.world}) so that every rank continues its own random streams")
         policy, _ = load_causal_lm(str(path / "policy"), device=str(self.device))
         self.policy.load_state_dict(policy.state_dict())
         self.value_head.load_state_dict({k: v.to(self.device) for k, v in ckpt["value_head"].items()})
         optimizer_from_flat(self.opt, ckpt["optimizer"], ckpt["state"]["optimizer"])
         for name, g in self.generators.items():
-            g.set_state(ckpt["rng"][name])
+            g.set_state(ckpt["rng"][_rng_key(name, self.dist.rank)])
         self.state = TrainerState(**ckpt["state"]["trainer"])
         self.kl_ctl.value = self.state.kl_coef
         self.moments = core.RunningMoments(**self.state.score_moments) if self.state.score_moments else \
             core.RunningMoments()
         self.files.restore(ckpt["state"]["tables"])
+
+
+def _rng_key(name: str, rank: int) -> str:
+    """Generator names in the checkpoint: rank 0 keeps the one-process names."""
+    return name if rank == 0 else f"{name}.rank{rank}"
