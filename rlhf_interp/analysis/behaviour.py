@@ -19,8 +19,8 @@ def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 
     reward_fn = get_reward(reward)
     batch = [p for p in pair.prompts for _ in range(samples_per_prompt)]
     rows, kl_rows, summary = [], [], []
-    for model_name, model in (("base", pair.base_hf), ("tuned", pair.tuned_hf)):
-        s, texts = sample_seeded(model, pair.tokenizer, batch, new_tokens, seed)
+    for model_name in ("base", "tuned"):
+        s, texts = sample_seeded(pair.hf(model_name), pair.tokenizer, batch, new_tokens, seed)
         scores = check_scores(reward, reward_fn, texts)
         lengths = s.response_mask.sum(-1)
         has_eos = lengths < s.response_mask.shape[1]
@@ -37,17 +37,25 @@ def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 
     kl = pd.DataFrame(kl_rows)
     summary_df = pd.DataFrame(summary)
     summary_df["kl_per_sequence"] = [float("nan"), kl.groupby("sample").kl.sum().mean() if len(kl) else float("nan")]
+    pair.release_hf()
     return {"behaviour": pd.DataFrame(rows), "behaviour_summary": summary_df, "token_kl": kl}
 
 
-def _token_kl(pair: ModelPair, s: Samples) -> list[dict]:
+def _token_kl(pair: ModelPair, s: Samples, chunk: int = 8) -> list[dict]:
+    """Exact KL at every response position, `chunk` sequences at a time (a 50k vocabulary makes the full
+    (batch, resp, vocab) log-probs of two models over a GB)."""
     ids = torch.cat([s.query_ids, s.response_ids], 1)
     mask = torch.cat([s.query_mask, torch.ones_like(s.response_mask)], 1)
-    kwargs = {"attention_mask": mask.long(), "position_ids": position_ids_from_mask(mask)}
-    q = s.query_ids.shape[1]
-    lt = pair.tuned_hf(ids, **kwargs).logits[:, q - 1 : -1].float().log_softmax(-1)
-    lb = pair.base_hf(ids, **kwargs).logits[:, q - 1 : -1].float().log_softmax(-1)
-    kl = (lt.exp() * (lt - lb)).sum(-1)  # (batch, resp)
+    resp = s.response_ids.shape[1]
+    parts = []
+    for i in range(0, ids.shape[0], chunk):
+        rows = slice(i, i + chunk)
+        kwargs = {"attention_mask": mask[rows].long(), "position_ids": position_ids_from_mask(mask[rows]),
+                  "logits_to_keep": resp + 1}  # positions q-1 .. end predict the response tokens
+        lt = pair.hf("tuned")(ids[rows], **kwargs).logits[:, :-1].float().log_softmax(-1)
+        lb = pair.hf("base")(ids[rows], **kwargs).logits[:, :-1].float().log_softmax(-1)
+        parts.append((lt.exp() * (lt - lb)).sum(-1))  # (chunk, resp)
+    kl = torch.cat(parts)
     rows = []
     for i in range(ids.shape[0]):
         for t in range(int(s.response_mask[i].sum())):

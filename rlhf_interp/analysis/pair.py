@@ -1,5 +1,9 @@
 """A base/tuned pair loaded for analysis: two TransformerBridges (TransformerLens 4.x), the plain HF models for
-sampling, the shared tokenizer, the prompts as token batches of equal length, and the metric.
+sampling (loaded on first use, released after), the shared tokenizer, the prompts as token batches of equal length,
+and the metric.
+
+The HF copies are separate because booting a bridge rewrites its HF module: its KV-cached forward no longer matches
+the model (sampled tokens differ), while its full forward does.
 
 Both bridges are booted in compatibility mode (LayerNorm folded, writing weights centred) so that residual-stream
 decompositions add up, with `fold_value_biases=False` so that a patched head carries its own model's value bias
@@ -18,7 +22,7 @@ from torch import Tensor
 
 from rlhf_interp.analysis.metric import Metric
 from rlhf_interp.errors import UserError
-from rlhf_interp.models import ModelSource, load_bridge, load_causal_lm, resolve_model_spec
+from rlhf_interp.models import ModelSource, load_bridge, load_causal_lm, release_freed_memory, resolve_model_spec
 from rlhf_interp.sampling import prompt_token_ids
 
 SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
@@ -56,15 +60,27 @@ class ModelPair:
     tuned_source: ModelSource
     base: Any  # TransformerBridge
     tuned: Any
-    base_hf: Any
-    tuned_hf: Any
     tokenizer: Any
     prompts: list[str]
     metric: Metric
     groups: list[tuple[list[int], Tensor]] = field(default_factory=list)  # (prompt indices, tokens (batch, pos))
+    device: str = "cpu"
+    _hf: dict[str, Any] = field(default_factory=dict)
 
     def model(self, name: str) -> Any:
         return {"base": self.base, "tuned": self.tuned}[name]
+
+    def hf(self, name: str) -> Any:
+        """The plain HF model `base` or `tuned` (for sampling), loaded on first use."""
+        if name not in self._hf:
+            source = {"base": self.base_source, "tuned": self.tuned_source}[name]
+            self._hf[name] = load_causal_lm(source, device=self.device)[0]
+        return self._hf[name]
+
+    def release_hf(self) -> None:
+        """Drop the HF copies (the bridges stay): on a GPT-2-small pair that is ~1 GB less for the later analyses."""
+        self._hf.clear()
+        release_freed_memory()
 
     @property
     def main_group(self) -> tuple[list[int], Tensor]:
@@ -103,16 +119,18 @@ def group_prompts(tokenizer: Any, prompts: list[str], metric: Metric, n_ctx: int
 def load_pair(base_source: ModelSource, tuned_source: ModelSource, prompts: list[str], metric_spec: str,
               positive: str | None = None, negative: str | None = None, device: str = "cpu") -> ModelPair:
     from rlhf_interp.analysis.metric import build_metric
+    from rlhf_interp.models import load_tokenizer
 
-    base_hf, base_tok = load_causal_lm(base_source, device=device)
-    tuned_hf, tuned_tok = load_causal_lm(tuned_source, device=device)
+    base_tok, tuned_tok = load_tokenizer(base_source), load_tokenizer(tuned_source)
     base = load_bridge(base_source, fold_value_biases=False, device=device)
+    release_freed_memory()  # loading leaves freed buffers in the heap: give them back before the second model
     tuned = load_bridge(tuned_source, fold_value_biases=False, device=device)
+    release_freed_memory()
     check_compatible(base.cfg, tuned.cfg, base_tok, tuned_tok)
     metric = build_metric(metric_spec, base_tok, positive, negative)
     groups = group_prompts(base_tok, prompts, metric, int(base.cfg.n_ctx), device)
     torch.set_grad_enabled(True)
-    return ModelPair(base_source, tuned_source, base, tuned, base_hf, tuned_hf, base_tok, prompts, metric, groups)
+    return ModelPair(base_source, tuned_source, base, tuned, base_tok, prompts, metric, groups, device)
 
 
 @torch.no_grad()

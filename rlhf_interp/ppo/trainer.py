@@ -107,6 +107,7 @@ class PPOTrainer:
             ],
             eps=cfg.adam_eps,
             weight_decay=cfg.weight_decay,
+            foreach=True,  # one multi-tensor kernel per step instead of a Python loop over parameters
         )
         self.kl_ctl = core.KLController(cfg.kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.kl_horizon)
         self.moments = core.RunningMoments()
@@ -268,7 +269,8 @@ class PPOTrainer:
                                                              cfg.cliprange)
                 vf_loss, vf_clipfrac = core.clipped_value_loss(mb_values, r.values[mb], returns[mb], mb_mask,
                                                                cfg.cliprange_value)
-                entropy = core.masked_mean(core.entropy_from_logits(logits), mb_mask)
+                with torch.set_grad_enabled(cfg.ent_coef > 0):  # logged only, unless it is in the loss
+                    entropy = core.masked_mean(core.entropy_from_logits(logits), mb_mask)
                 loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
