@@ -81,7 +81,7 @@ def side_trl(models: Path, episodes: int, out: Path) -> dict:
     return {"episodes": episodes, "seconds": seconds, "wall": seconds}
 
 
-# --- the driver --------------------------------------------------------------------------------------------------------
+# --- the driver ------------------------------------------------------------------------------------------------------
 def ensure_trl_venv() -> Path:
     python = TRL_VENV / "bin" / "python"
     if python.exists() and subprocess.run([python, "-c", "import trl.experimental.ppo"], capture_output=True,
