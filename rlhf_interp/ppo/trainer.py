@@ -215,8 +215,9 @@ class PPOTrainer:
         self.state.step += 1
         elapsed = time.perf_counter() - t0
         self.state.elapsed_s += elapsed
-        all_prompts = [p for part in dist.gather_objects(r.prompts) for p in part]
-        all_texts = [t for part in dist.gather_objects(r.texts) for t in part]
+        parts = dist.gather_objects((r.prompts, r.texts))  # one collective for both lists
+        all_prompts = [p for prompts_, _ in parts for p in prompts_]
+        all_texts = [t for _, texts_ in parts for t in texts_]
         self.files.add_metrics({
             "step": self.state.step,
             "episodes": self.state.step * cfg.batch_size,
