@@ -55,10 +55,10 @@ def test_batched_patching_equals_transformer_lens(head_pair, direction):
     for skip in (True, False):  # starting each forward at the patched layer, or full forwards
         for k in (1, 5, 16):
             mine = patch_sweep(receiver, cache, tokens, head_cells, head_pair.metric, cells_per_forward=k,
-                               skip_layers=skip)
+                               fused=skip)
             assert (mine - ref_heads).abs().max().item() < 1e-4
         mine = patch_sweep(receiver, cache, tokens, resid_cells, head_pair.metric, cells_per_forward=7,
-                           skip_layers=skip)
+                           fused=skip)
         assert (mine - ref_resid).abs().max().item() < 1e-4
     assert (ref_resid.max() - ref_resid.min()).item() > 0.5  # the comparison is not vacuous
 
@@ -219,3 +219,108 @@ def test_unembedding_swap_row(head_pair):
     rows = patching_layers(head_pair)
     un = rows[rows.component == "unembed"]
     assert len(un) == 2 and un.effect.abs().max() < 0.05
+
+
+def test_fused_forward_matches_the_bridge(head_pair):
+    """The engine `compare`'s patching runs on: the bridge's own weights as plain tensor code, equal to its forward."""
+    from rlhf_interp.analysis.fused import FusedGPT2, engine_for
+
+    _, tokens = head_pair.main_group
+    engine = FusedGPT2.from_bridge(head_pair.base)
+    clean = engine.clean(tokens, logits=True)
+    _, cache = head_pair.base.run_with_cache(tokens)
+    assert (clean.logits - cache["unembed.hook_out"]).abs().max().item() < 1e-4
+    for L in range(4):
+        assert (clean.resid_pre[L] - cache[f"blocks.{L}.hook_resid_pre"]).abs().max().item() < 1e-4
+        assert (clean.resid_mid[L] - cache[f"blocks.{L}.hook_resid_mid"]).abs().max().item() < 1e-4
+        assert (clean.z[L] - cache[HEAD_HOOK.format(L=L)]).abs().max().item() < 1e-4
+    assert engine_for(head_pair.base, tokens) is not None  # verified: sweeps take the fused path
+
+
+def _every_kind_of_cell(n_layers: int, n_heads: int, n_pos: int) -> list[Cell]:
+    cells = [Cell(LAYER_COMPONENTS[c], L, pos=p) for c in LAYER_COMPONENTS for L in range(n_layers)
+             for p in [None, *range(n_pos)]]
+    cells += [Cell(HEAD_HOOK, L, head=h, pos=p) for L in range(n_layers) for h in range(n_heads) for p in (None, 2)]
+    cells += [Cell(HEAD_HOOK, L) for L in range(n_layers)]  # every head of the layer at once
+    cells += [Cell(LAYER_COMPONENTS["attn_out"], L, head=h, pos=p, op="add") for L in range(n_layers)
+              for h in (0, 3) for p in (None, n_pos - 1)]
+    return cells
+
+
+@pytest.mark.parametrize("metric_spec", ["logit_diff", "target: great."])
+def test_fused_sweep_equals_hooked_forwards_for_every_kind_of_cell(head_pair, metric_spec):
+    """resid_pre / attn_out / mlp_out at every position and at all positions (the last layer's mlp_out included),
+    hook_z per head (all positions and one), whole layers' hook_z, head-output additions at one position; a metric
+    read at one position and one read at several (positions near the end patched)."""
+    from rlhf_interp.analysis.metric import build_metric
+
+    metric = build_metric(metric_spec, head_pair.tokenizer)
+    _, tokens = head_pair.main_group
+    tokens = metric.extend_tokens(tokens[:, : 6])
+    receiver, donor = head_pair.base, head_pair.tuned
+    cells = _every_kind_of_cell(4, 4, tokens.shape[1])
+    sources = dict(run_cache(donor, tokens, sorted({c.name for c in cells})).items())
+    g = torch.Generator().manual_seed(0)
+    for c in cells:
+        if c.op == "add":
+            sources[c.key] = torch.randn(*tokens.shape, 128, generator=g) * 0.5
+    fused = patch_sweep(receiver, sources, tokens, cells, metric, cells_per_forward=5)
+    hooked = patch_sweep(receiver, sources, tokens, cells, metric, cells_per_forward=5, fused=False)
+    assert (fused - hooked).abs().max().item() < 1e-4
+    assert (hooked.max() - hooked.min()).item() > 0.1
+
+
+def test_fused_engine_is_rechecked_when_weights_change(head_pair, tmp_path):
+    """An in-place edit of the receiver's weights is seen (the verification is keyed by parameter versions), and a
+    failed verification falls back to hooked forwards with a warning."""
+    from unittest import mock
+
+    from rlhf_interp.analysis import fused as fused_mod
+    from rlhf_interp.models import load_bridge
+
+    model = load_bridge(EMBEDDED_DIR, fold_value_biases=False)
+    _, tokens = head_pair.main_group
+    cells = [Cell(HEAD_HOOK, L, head=h) for L in range(4) for h in range(4)]
+    cache = run_cache(head_pair.tuned, tokens, sorted({c.name for c in cells}))
+    before = patch_sweep(model, cache, tokens, cells, head_pair.metric)
+    with torch.no_grad():
+        model.blocks[2].mlp.W_out.mul_(1.5)  # in place: the fused engine reads the same storage
+    after = patch_sweep(model, cache, tokens, cells, head_pair.metric)
+    assert (after - patch_sweep(model, cache, tokens, cells, head_pair.metric, fused=False)).abs().max() < 1e-4
+    assert (after - before).abs().max() > 1e-3
+    with torch.no_grad():
+        model.blocks[2].mlp.W_out.mul_(1 / 1.5)
+    with mock.patch.object(fused_mod.FusedGPT2, "verify", return_value=float("inf")), \
+            pytest.warns(RuntimeWarning, match="does not match"):
+        fallback = patch_sweep(model, cache, tokens, cells, head_pair.metric)
+    assert (fallback - before).abs().max() < 1e-4
+
+
+def test_ablation_equals_one_hooked_forward_per_component(head_pair):
+    from rlhf_interp.analysis.ablation import _means, ablation
+
+    table = ablation(head_pair)
+    n = len(head_pair.prompts)
+    z = [HEAD_HOOK.format(L=L) for L in range(4)]
+    mlp = [LAYER_COMPONENTS["mlp_out"].format(L=L) for L in range(4)]
+    for model_name in ("base", "tuned"):
+        model = head_pair.model(model_name)
+        means = _means(model, head_pair, z + mlp)
+        clean = sum(head_pair.metric(model(t)).sum().item() for _, t in head_pair.groups) / n
+        for row in table[table.model == model_name].itertuples():
+            name = (z if row.component == "head" else mlp)[row.layer]
+            value = means[name] * (row.kind == "mean")
+            head = None if row.component == "mlp" else int(row.head)
+
+            def hook(act, hook=None, head=head, value=value):
+                if head is None:
+                    act[:] = value
+                else:
+                    act[:, :, head] = value[head]
+                return act
+
+            with torch.no_grad():
+                total = sum(head_pair.metric(model.run_with_hooks(t, fwd_hooks=[(name, hook)])).sum().item()
+                            for _, t in head_pair.groups)
+            assert total / n - clean == pytest.approx(row.effect, abs=1e-4)
+    assert table.effect.abs().max() > 0.1

@@ -56,6 +56,17 @@ class Metric:
         extra = torch.tensor(self.target_ids[:-1], dtype=tokens.dtype, device=tokens.device)
         return torch.cat([tokens, extra.expand(tokens.shape[0], -1)], dim=1)
 
+    @property
+    def vocab_ids(self) -> list[int] | None:
+        """The vocabulary columns the metric reads (positive then negative ids), None if it needs all of them."""
+        return [*self.positive.values(), *self.negative.values()] if self.linear else None
+
+    def on_columns(self, columns: Tensor) -> Tensor:
+        """The metric from logits restricted to `vocab_ids`: (batch, pos, len(vocab_ids)) -> (batch,)."""
+        last = columns[:, -1, :].float()
+        n_pos = len(self.positive)
+        return last[:, :n_pos].mean(-1) - last[:, n_pos:].mean(-1)
+
     def __call__(self, logits: Tensor) -> Tensor:
         """(batch, pos, vocab) logits -> (batch,) metric per prompt."""
         if self.name == "logit_diff":

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from rlhf_interp.analysis.fused import Clean, FusedGPT2, engine_for
 from rlhf_interp.analysis.pair import ModelPair
 
 DIRECTIONS = {"tuned_to_base": ("base", "tuned"), "base_to_tuned": ("tuned", "base")}  # (receiver, donor)
@@ -44,7 +45,7 @@ class Cell:
     """One patch: the activation `hook` at `layer`, restricted to `head` and/or `pos` (None = all).
 
     op "replace" overwrites with the donor's value `sources[name]`; op "add" adds `sources[key]` (a precomputed
-    difference, e.g. of one head's output) to the whole activation.
+    difference, e.g. of one head's output) to the activation, at `pos` only when given.
     """
 
     hook: str
@@ -66,7 +67,9 @@ class Cell:
 
 def _setter(rows: slice, cell: Cell, donor: Tensor) -> Callable[[Tensor], None]:
     def write(act: Tensor) -> None:
-        if cell.op == "add":
+        if cell.op == "add" and cell.pos is not None:
+            act[rows, cell.pos] += donor[:, cell.pos]
+        elif cell.op == "add":
             act[rows] += donor
         elif cell.head is not None and cell.pos is not None:  # (batch, pos, head, d_head)
             act[rows, cell.pos, cell.head] = donor[:, cell.pos, cell.head]
@@ -88,39 +91,100 @@ def patch_sweep(
     cells: Sequence[Cell],
     metric: Callable[[Tensor], Tensor],
     cells_per_forward: int = 8,
-    skip_layers: bool = True,
+    fused: bool = True,
 ) -> Tensor:
     """Mean metric over the prompts for each cell patched alone: (n_cells,).
 
     `tokens` (batch, pos) are the prompts; `sources` (the donor's ActivationCache, or a dict) maps each cell's key to
-    the donor's activation on the same tokens (or, for op "add", to the difference to add).
+    the donor's activation on the same tokens (or, for op "add", to the difference to add). With `fused` the sweep
+    runs on `FusedGPT2` (verified against the bridge's own forward first); otherwise, or where the architecture or a
+    cell is not covered, every chunk of cells is one full forward through the bridge's hooks.
     """
+    if fused and all(_covered(c) for c in cells):
+        found = engine_for(receiver, tokens)
+        if found is not None:
+            return _fused_sweep(*found, sources, cells, metric, cells_per_forward)
+    return _hooked_sweep(receiver, sources, tokens, cells, metric, cells_per_forward)
+
+
+def _hooked_sweep(receiver: Any, sources: Any, tokens: Tensor, cells: Sequence[Cell],
+                  metric: Callable[[Tensor], Tensor], cells_per_forward: int) -> Tensor:
+    """The reference: `cells_per_forward` cells per full forward, each cell's hook writing its own copy's rows."""
     batch = tokens.shape[0]
     out = torch.empty(len(cells))
-    fast = skip_layers and can_skip_layers(receiver)
-    resid = run_cache(receiver, tokens, [f"blocks.{c.layer}.hook_resid_pre" for c in cells]) if fast else None
-    order = sorted(range(len(cells)), key=lambda i: cells[i].layer) if fast else list(range(len(cells)))
-    start = 0
-    while start < len(order):
-        # a chunk: up to cells_per_forward cells, all at one layer when starting mid-network
-        chunk_idx = order[start : start + cells_per_forward]
-        if fast:
-            chunk_idx = [i for i in chunk_idx if cells[i].layer == cells[chunk_idx[0]].layer]
-        chunk = [cells[i] for i in chunk_idx]
+    for start in range(0, len(cells), cells_per_forward):
+        chunk = cells[start : start + cells_per_forward]
         writers: dict[str, list[Callable[[Tensor], None]]] = defaultdict(list)
         for i, cell in enumerate(chunk):
-            rows = slice(i * batch, (i + 1) * batch)
-            writers[cell.name].append(_setter(rows, cell, sources[cell.key]))
+            writers[cell.name].append(_setter(slice(i * batch, (i + 1) * batch), cell, sources[cell.key]))
         hooks = [(name, _hook(ws)) for name, ws in writers.items()]
-        if fast:
-            layer = chunk[0].layer
-            x = resid[f"blocks.{layer}.hook_resid_pre"].repeat(len(chunk), 1, 1)  # (cells * batch, pos, d_model)
-            logits = forward_from(receiver, x, layer, hooks, keep_last=metric_positions(metric))
+        logits = receiver.run_with_hooks(tokens.repeat(len(chunk), 1), fwd_hooks=hooks)
+        out[start : start + len(chunk)] = metric(logits).view(len(chunk), batch).mean(1).cpu()
+    return out
+
+
+def _covered(cell: Cell) -> bool:
+    return cell.hook in _STAGE_OF and not (cell.hook == HEAD_HOOK and cell.op == "add")
+
+
+# where a patched activation enters the residual stream: (layer offset, stage), and the clean stream it adds to
+_STAGE_OF = {LAYER_COMPONENTS["resid_pre"]: (0, "pre"), LAYER_COMPONENTS["attn_out"]: (0, "mid"),
+             LAYER_COMPONENTS["mlp_out"]: (1, "pre"), HEAD_HOOK: (0, "mid")}
+
+
+def _start_state(engine: FusedGPT2, clean: Clean, cell: Cell, source: Tensor) -> tuple[int, str, Tensor, int]:
+    """(layer, stage, patched residual (batch, pos, d_model) there, first position that differs from clean)."""
+    offset, stage = _STAGE_OF[cell.hook]
+    layer, L = cell.layer + offset, cell.layer
+    base = clean.resid_pre[layer] if stage == "pre" else clean.resid_mid[layer]
+    if cell.op == "add":
+        new = base + source
+    elif cell.hook == HEAD_HOOK:  # donor z into the receiver: its attention output moves by (z_d − z_r) W_O
+        diff = source - clean.z[L]  # (batch, pos, head, d_head)
+        W_O = engine.layers[L].W_O.T  # (head · d_head, d_model)
+        if cell.head is not None:
+            d_head = diff.shape[-1]
+            new = base + diff[:, :, cell.head] @ W_O[cell.head * d_head : (cell.head + 1) * d_head]
         else:
-            logits = receiver.run_with_hooks(tokens.repeat(len(chunk), 1), fwd_hooks=hooks)
-        values = metric(logits).view(len(chunk), batch)  # (cells, batch)
-        out[chunk_idx] = values.mean(1).cpu()
-        start += len(chunk)
+            new = base + diff.reshape(*diff.shape[:2], -1) @ W_O
+    elif cell.hook == LAYER_COMPONENTS["resid_pre"]:
+        new = source
+    elif cell.hook == LAYER_COMPONENTS["attn_out"]:
+        new = clean.resid_pre[L] + source
+    else:  # mlp_out
+        new = clean.resid_mid[L] + source
+    if cell.pos is None:
+        return layer, stage, new.expand_as(base), 0
+    x = base.clone()
+    x[:, cell.pos] = new[:, cell.pos]
+    return layer, stage, x, cell.pos
+
+
+def _fused_sweep(engine: FusedGPT2, clean: Clean, sources: Any, cells: Sequence[Cell],
+                 metric: Callable[[Tensor], Tensor], cells_per_forward: int) -> Tensor:
+    """Cells grouped by where they enter (layer, stage) and sorted by first changed position; a chunk shares one
+    start position (its smallest), and grows while that wastes at most a quarter of its work."""
+    batch, n_pos = clean.tokens.shape
+    keep = min(metric_positions(metric), n_pos)
+    columns = getattr(metric, "vocab_ids", None)
+    states = [_start_state(engine, clean, c, sources[c.key]) for c in cells]
+    groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for i, (layer, stage, _, _) in enumerate(states):
+        groups[(layer, stage)].append(i)
+    out = torch.empty(len(cells))
+    for (layer, stage), idx in groups.items():
+        idx.sort(key=lambda i: states[i][3])
+        while idx:
+            s0 = min(states[idx[0]][3], n_pos - keep)  # the read-out positions must be computed
+            chunk = [idx.pop(0)]
+            while idx and len(chunk) < cells_per_forward and \
+                    (len(chunk) + 1) * (n_pos - s0) <= 1.25 * sum(n_pos - min(states[i][3], n_pos - keep)
+                                                                  for i in [*chunk, idx[0]]):
+                chunk.append(idx.pop(0))
+            x = torch.cat([states[i][2][:, s0:] for i in chunk])  # (cells · batch, pos − s0, d_model)
+            logits = engine.run(layer, stage, x, s0, clean, keep, columns)
+            values = (metric.on_columns(logits) if columns is not None else metric(logits)).view(len(chunk), batch)
+            out[chunk] = values.mean(1).cpu()
     return out
 
 
@@ -133,27 +197,9 @@ def _hook(writers: list[Callable[[Tensor], None]]) -> Callable[..., Tensor]:
     return hook
 
 
-def can_skip_layers(model: Any) -> bool:
-    """Blocks can be run on their own when positions enter only through the embedding (GPT-2 family)."""
-    return getattr(model.cfg, "positional_embedding_type", None) == "standard" and hasattr(model, "hooks")
-
-
 def metric_positions(metric: Any) -> int:
     """How many final positions the metric reads (logit_diff: 1; target:TEXT: len(TEXT tokens))."""
     return max(1, len(getattr(metric, "target_ids", []) or []))
-
-
-def forward_from(model: Any, resid_pre: Tensor, layer: int, hooks: list, keep_last: int) -> Tensor:
-    """Run blocks[layer:] on `resid_pre` with `hooks` active, then ln_final + unembed on the last positions only.
-
-    Prompts are unpadded and causal attention needs no mask here (as in a plain forward of equal-length prompts).
-    """
-    with model.hooks(fwd_hooks=hooks):
-        x = resid_pre
-        for block in model.blocks[layer:]:
-            out = block(x)
-            x = out[0] if isinstance(out, tuple) else out
-        return model.unembed(model.ln_final(x[:, -keep_last:]))
 
 
 def run_cache(model: Any, tokens: Tensor, names: Sequence[str]) -> Any:
@@ -276,11 +322,8 @@ def patching_head_pos(pair: ModelPair, heads: pd.DataFrame, top: int = 4, cells_
     for direction, (recv_name, donor_name) in DIRECTIONS.items():
         receiver, donor = pair.model(recv_name), pair.model(donor_name)
         deltas = head_output_deltas(receiver, donor, tokens, pair.n_layers, pair.n_heads)
-        sources = {}
-        for c in cells:  # the head's output difference at one position only
-            whole = deltas[Cell(ATTN_OUT, c.layer, head=c.head, op="add").key]
-            sources[c.key] = torch.zeros_like(whole)
-            sources[c.key][:, c.pos] = whole[:, c.pos]
+        # the head's output difference, added at the cell's position only
+        sources = {c.key: deltas[Cell(ATTN_OUT, c.layer, head=c.head, op="add").key] for c in cells}
         recv_clean, donor_clean = clean_metrics(receiver, donor, tokens, pair.metric)
         patched = patch_sweep(receiver, sources, tokens, cells, pair.metric, cells_per_forward)
         for cell, m, e in zip(cells, patched.tolist(), _fraction(patched, recv_clean, donor_clean).tolist(),
