@@ -1,6 +1,7 @@
-"""`behaviour`: what the two models actually write. Samples from both (plain HF models, same seed and prompts), the
-reward of each sample, text statistics (length, EOS rate, distinct-n, repetition), and the exact per-token
-KL(tuned ‖ base) = Σ_v p_tuned(v) log(p_tuned(v) / p_base(v)) along each tuned sample (`token_kl`)."""
+"""`behaviour`: what the two models actually write. Samples from both (plain HF models, same seed and prompts, one
+model in memory at a time), the reward of each sample, text statistics (length, EOS rate, distinct-n, repetition),
+and the exact per-token KL(tuned ‖ base) = Σ_v p_tuned(v) log(p_tuned(v) / p_base(v)) along each tuned sample
+(`token_kl`), from the two bridges' full forwards (log-probs do not see the compatibility mode's centred logits)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from rlhf_interp.analysis.pair import ModelPair
 from rlhf_interp.rewards import check_scores, get_reward
-from rlhf_interp.sampling import Samples, position_ids_from_mask, sample_seeded
+from rlhf_interp.sampling import Samples, sample_seeded
 from rlhf_interp.text_stats import distinct_n, repetition_rate
 
 
@@ -21,6 +22,7 @@ def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 
     rows, kl_rows, summary = [], [], []
     for model_name in ("base", "tuned"):
         s, texts = sample_seeded(pair.hf(model_name), pair.tokenizer, batch, new_tokens, seed)
+        pair.release_hf()  # the HF copy is only for sampling: never two in memory
         scores = check_scores(reward, reward_fn, texts)
         lengths = s.response_mask.sum(-1)
         has_eos = lengths < s.response_mask.shape[1]
@@ -37,28 +39,28 @@ def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 
     kl = pd.DataFrame(kl_rows)
     summary_df = pd.DataFrame(summary)
     summary_df["kl_per_sequence"] = [float("nan"), kl.groupby("sample").kl.sum().mean() if len(kl) else float("nan")]
-    pair.release_hf()
     return {"behaviour": pd.DataFrame(rows), "behaviour_summary": summary_df, "token_kl": kl}
 
 
 def _token_kl(pair: ModelPair, s: Samples, chunk: int = 8) -> list[dict]:
-    """Exact KL at every response position, `chunk` sequences at a time (a 50k vocabulary makes the full
-    (batch, resp, vocab) log-probs of two models over a GB)."""
-    ids = torch.cat([s.query_ids, s.response_ids], 1)
-    mask = torch.cat([s.query_mask, torch.ones_like(s.response_mask)], 1)
-    resp = s.response_ids.shape[1]
-    parts = []
-    for i in range(0, ids.shape[0], chunk):
-        rows = slice(i, i + chunk)
-        kwargs = {"attention_mask": mask[rows].long(), "position_ids": position_ids_from_mask(mask[rows]),
-                  "logits_to_keep": resp + 1}  # positions q-1 .. end predict the response tokens
-        lt = pair.hf("tuned")(ids[rows], **kwargs).logits[:, :-1].float().log_softmax(-1)
-        lb = pair.hf("base")(ids[rows], **kwargs).logits[:, :-1].float().log_softmax(-1)
-        parts.append((lt.exp() * (lt - lb)).sum(-1))  # (chunk, resp)
-    kl = torch.cat(parts)
-    rows = []
-    for i in range(ids.shape[0]):
+    """Exact KL at every response position. Samples are grouped by prompt length so that each forward sees unpadded
+    sequences (the padding after an EOS comes after every position read), `chunk` at a time (a 50k vocabulary makes
+    the full (batch, pos, vocab) log-probs of two models over a GB)."""
+    query, response = s.query_ids.cpu(), s.response_ids.cpu()
+    resp = response.shape[1]
+    q_lens = s.query_mask.sum(-1).cpu()
+    kl = torch.zeros(response.shape)
+    for q_len in q_lens.unique().tolist():
+        idx = (q_lens == q_len).nonzero().flatten()
+        for rows in idx.split(chunk):
+            ids = torch.cat([query[rows, query.shape[1] - q_len :], response[rows]], 1).to(pair.device)
+            # positions q_len - 1 .. end - 1 predict the response tokens
+            lt = pair.tuned(ids)[:, q_len - 1 : q_len - 1 + resp].float().log_softmax(-1)
+            lb = pair.base(ids)[:, q_len - 1 : q_len - 1 + resp].float().log_softmax(-1)
+            kl[rows] = (lt.exp() * (lt - lb)).sum(-1).cpu()  # (rows, resp)
+    out = []
+    for i in range(kl.shape[0]):
         for t in range(int(s.response_mask[i].sum())):
-            token = int(s.response_ids[i, t])
-            rows.append({"sample": i, "pos": t, "token": pair.tokenizer.decode([token]), "kl": kl[i, t].item()})
-    return rows
+            token = int(response[i, t])
+            out.append({"sample": i, "pos": t, "token": pair.tokenizer.decode([token]), "kl": kl[i, t].item()})
+    return out

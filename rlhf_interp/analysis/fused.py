@@ -7,7 +7,8 @@ a cell changes the residual stream from one (layer, stage, position) on, and eve
     clean(tokens)                  every layer's resid_pre / resid_mid, z, keys and values, once
     run(layer, stage, x, start)    blocks from `layer` on, for positions start.. only: the keys and values of the
                                    positions before `start` are unchanged, so they come from the clean run;
-                                   the last block's attention queries and MLP run only at the positions read out;
+                                   the last block's attention queries and MLP run only at the positions read out
+                                   (and, from position 0, without forming its keys and values at all);
                                    the readout unembeds only the vocabulary columns the metric reads
 
 GPT-2 family only (learned absolute positions added before the first block, LayerNorm, no parallel attention/MLP);
@@ -136,6 +137,23 @@ class FusedGPT2:
                                            attn_mask=allowed, scale=self.scale).transpose(1, 2)  # (b, n_query, h, e)
         return F.linear(z.reshape(b, n_query, -1), layer.W_O, layer.b_O), z, k, v
 
+    def _attention_readout(self, layer: _Layer, x: Tensor, n_query: int) -> Tensor:
+        """`_attention` for the last block when only the last `n_query` positions are read and no position is cached:
+        keys and values are never formed. With h = ln1(x): q·k_j = (q W_K)·h_j + q·b_K (the last term is the same for
+        every j, so softmax drops it), and Σ_j p_j v_j = (Σ_j p_j h_j) W_V + b_V. Per row that is O(n_query · d_model)
+        per head instead of O(n · d_model · d_head)."""
+        b, n, d = x.shape
+        h = self._ln(x, layer.ln1)
+        W_K, W_V = (w.reshape(self.n_heads, self.d_head, d) for w in layer.W_qkv[1:])  # (h, e, d) each
+        q = F.linear(h[:, n - n_query:], layer.W_qkv[0], layer.b_qkv[0]).view(b, n_query, self.n_heads, self.d_head)
+        qk = torch.einsum("bqhe,hed->bhqd", q, W_K)  # (b, h, n_query, d)
+        scores = torch.einsum("bhqd,bkd->bhqk", qk, h) * self.scale  # (b, h, n_query, n)
+        allowed = torch.arange(n, device=x.device)[None, :] <= torch.arange(n - n_query, n, device=x.device)[:, None]
+        pattern = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        mixed = torch.einsum("bhqk,bkd->bqhd", pattern, h)  # (b, n_query, h, d)
+        z = torch.einsum("bqhd,hed->bqhe", mixed, W_V) + layer.b_qkv[2].view(self.n_heads, self.d_head)
+        return F.linear(z.reshape(b, n_query, -1), layer.W_O, layer.b_O)
+
     def _mlp(self, layer: _Layer, x: Tensor) -> Tensor:
         return F.linear(self.act(F.linear(self._ln(x, layer.ln2), layer.W_in, layer.b_in)), layer.W_out, layer.b_out)
 
@@ -177,7 +195,9 @@ class FusedGPT2:
             w = self.layers[i]
             last = i == self.n_layers - 1
             n_query = min(keep, x.shape[1]) if last else x.shape[1]  # the last block: only positions read out
-            if i > layer or stage == "pre":
+            if (i > layer or stage == "pre") and last and start == 0 and n_query < x.shape[1]:
+                x = x[:, x.shape[1] - n_query:] + self._attention_readout(w, x, n_query)
+            elif i > layer or stage == "pre":
                 past = None
                 if start > 0:  # positions before `start` are unchanged: their keys and values are the clean ones
                     past = tuple(t[i][:, :start].repeat(copies, 1, 1, 1) for t in (clean.k, clean.v))

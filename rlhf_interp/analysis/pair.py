@@ -22,7 +22,14 @@ from torch import Tensor
 
 from rlhf_interp.analysis.metric import Metric
 from rlhf_interp.errors import UserError
-from rlhf_interp.models import ModelSource, load_bridge, load_causal_lm, release_freed_memory, resolve_model_spec
+from rlhf_interp.models import (
+    ModelSource,
+    load_bridge,
+    load_causal_lm,
+    page_out,
+    release_freed_memory,
+    resolve_model_spec,
+)
 from rlhf_interp.sampling import prompt_token_ids
 
 SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
@@ -123,7 +130,7 @@ def load_pair(base_source: ModelSource, tuned_source: ModelSource, prompts: list
 
     base_tok, tuned_tok = load_tokenizer(base_source), load_tokenizer(tuned_source)
     base = load_bridge(base_source, fold_value_biases=False, device=device)
-    release_freed_memory()  # loading leaves freed buffers in the heap: give them back before the second model
+    page_out(base)  # its pages come back when first read, after the second model's load-time peak
     tuned = load_bridge(tuned_source, fold_value_biases=False, device=device)
     release_freed_memory()
     check_compatible(base.cfg, tuned.cfg, base_tok, tuned_tok)

@@ -140,13 +140,12 @@ def _start_state(engine: FusedGPT2, clean: Clean, cell: Cell, source: Tensor) ->
     if cell.op == "add":
         new = base + source
     elif cell.hook == HEAD_HOOK:  # donor z into the receiver: its attention output moves by (z_d − z_r) W_O
-        diff = source - clean.z[L]  # (batch, pos, head, d_head)
-        W_O = engine.layers[L].W_O.T  # (head · d_head, d_model)
+        z, W_O = clean.z[L], engine.layers[L].W_O.T  # (batch, pos, head, d_head), (head · d_head, d_model)
         if cell.head is not None:
-            d_head = diff.shape[-1]
-            new = base + diff[:, :, cell.head] @ W_O[cell.head * d_head : (cell.head + 1) * d_head]
+            h, d_head = cell.head, z.shape[-1]
+            new = base + (source[:, :, h] - z[:, :, h]) @ W_O[h * d_head : (h + 1) * d_head]
         else:
-            new = base + diff.reshape(*diff.shape[:2], -1) @ W_O
+            new = base + (source - z).flatten(2) @ W_O
     elif cell.hook == LAYER_COMPONENTS["resid_pre"]:
         new = source
     elif cell.hook == LAYER_COMPONENTS["attn_out"]:
