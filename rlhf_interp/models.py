@@ -270,7 +270,9 @@ def page_out(module: torch.nn.Module) -> bool:
 
     import torch
 
-    tensors = [t for t in [*module.parameters(), *module.buffers()] if t.device.type == "cpu"]
+    tensors = [t for t in [*module.parameters(), *module.buffers()] if t.device.type == "cpu" and t.numel()]
+    if not tensors:
+        return False
     storages: dict[int, Any] = {}
     for t in tensors:
         storages.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage())

@@ -96,3 +96,30 @@ def test_default_prompts_follow_the_vocabulary(tiny_gpt2_dir, tmp_path):
     save_model(model, tok, tmp_path / "copy")  # e.g. a run's base/ or tuned/
     assert default_prompts(load_tokenizer(str(tmp_path / "copy"))) == list(EMBEDDED_PROMPTS)
     assert default_prompts(load_tokenizer(str(tiny_gpt2_dir))) == list(ENGLISH_PROMPTS)
+
+
+def test_bridge_owns_its_memory_and_pages_out(tmp_path, monkeypatch):
+    """After loading no tensor is left on the mapped checkpoint (which would keep the whole file resident); `page_out`
+    moves every tensor into an unlinked file mapping: same outputs, views and sharing kept, writable, no file left."""
+    import tempfile
+
+    from rlhf_interp.models import page_out
+
+    bridge = load_bridge("embedded", fold_value_biases=False)
+    tensors = [*bridge.parameters(), *bridge.buffers()]
+    assert all(t.untyped_storage().resizable() for t in tensors)
+    tokens = torch.tensor([[1, 5, 9, 200, 17, 3]])
+    with torch.no_grad():
+        before = bridge(tokens)
+    W_Q = bridge.blocks[1].attn.W_Q  # a view of the q weight: must still be one after paging out
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert page_out(bridge)
+    assert list(tmp_path.iterdir()) == []  # unlinked at once
+    assert not any(t.untyped_storage().resizable() for t in [*bridge.parameters(), *bridge.buffers()])
+    with torch.no_grad():
+        assert torch.equal(bridge(tokens), before)
+        assert torch.equal(bridge.blocks[1].attn.W_Q, W_Q)
+        assert bridge.blocks[1].attn.W_Q.untyped_storage().data_ptr() == \
+            bridge.blocks[1].attn.q.original_component.weight.untyped_storage().data_ptr()
+        bridge.blocks[0].mlp.W_out.mul_(0)  # copy-on-write mapping: edits work
+        assert not torch.equal(bridge(tokens), before)

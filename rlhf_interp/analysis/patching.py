@@ -12,12 +12,15 @@ Heads are patched two ways. `effect` replaces the head's whole output, z_h W_O_h
 gets donor z_h W_O_h − receiver z_h W_O_h added), so a change in W_O counts; `effect_z` replaces only hook_z (the
 convention of `transformer_lens.patching`), which is blind to W_O and sees the value side only.
 
-`transformer_lens.patching` runs one full forward per cell. Here (1) `cells_per_forward` cells share one forward (the
-batch holds one copy of the prompts per cell, and each hook writes only its own copy's rows); (2) cells are grouped
-by layer and each forward starts at that layer from the receiver's cached clean `resid_pre` (nothing below a
-patched layer changes); (3) the final LayerNorm and the unembedding run only at the positions the metric reads.
-(2) and (3) need absolute position embeddings added before the first block (GPT-2 family); other architectures
-fall back to full forwards. Tests check equality with the per-cell reference to 1e-4.
+`transformer_lens.patching` runs one full forward per cell through the bridge's hooks. Here, on GPT-2-family models,
+the sweep runs on `FusedGPT2` (analysis/fused.py: the receiver's own weights as plain tensor code, checked against
+the bridge's forward once per model and state of its weights): (1) each cell's forward starts where its patch enters
+the residual stream, from the receiver's clean run (nothing upstream changes); (2) only positions from the patched
+one on are recomputed, with the clean keys and values of the earlier ones; (3) the last block runs only at the
+positions the metric reads, and the unembedding only for the vocabulary columns it reads; (4) cells entering at the
+same place share one forward (`cells_per_forward` copies of the prompts). Other architectures, cells the engine does
+not cover, or a failed check use hooked full forwards (`cells_per_forward` cells per forward, each hook writing its
+own copy's rows). Tests check both against `transformer_lens.patching` and each other to 1e-4.
 """
 
 from __future__ import annotations
