@@ -135,10 +135,16 @@ _STAGE_OF = {LAYER_COMPONENTS["resid_pre"]: (0, "pre"), LAYER_COMPONENTS["attn_o
              LAYER_COMPONENTS["mlp_out"]: (1, "pre"), HEAD_HOOK: (0, "mid")}
 
 
-def _start_state(engine: FusedGPT2, clean: Clean, cell: Cell, source: Tensor) -> tuple[int, str, Tensor, int]:
-    """(layer, stage, patched residual (batch, pos, d_model) there, first position that differs from clean)."""
+def _entry(cell: Cell) -> tuple[int, str, int]:
+    """Where the cell's patch enters the residual stream: (layer, stage, first position that differs from clean)."""
     offset, stage = _STAGE_OF[cell.hook]
-    layer, L = cell.layer + offset, cell.layer
+    return cell.layer + offset, stage, 0 if cell.pos is None else cell.pos
+
+
+def _patched_stream(engine: FusedGPT2, clean: Clean, cell: Cell, source: Tensor) -> Tensor:
+    """The receiver's residual stream (batch, pos, d_model) at the cell's entry point, with the patch applied."""
+    layer, stage, _ = _entry(cell)
+    L = cell.layer
     base = clean.resid_pre[layer] if stage == "pre" else clean.resid_mid[layer]
     if cell.op == "add":
         new = base + source
@@ -156,35 +162,35 @@ def _start_state(engine: FusedGPT2, clean: Clean, cell: Cell, source: Tensor) ->
     else:  # mlp_out
         new = clean.resid_mid[L] + source
     if cell.pos is None:
-        return layer, stage, new.expand_as(base), 0
+        return new.expand_as(base)
     x = base.clone()
     x[:, cell.pos] = new[:, cell.pos]
-    return layer, stage, x, cell.pos
+    return x
 
 
 def _fused_sweep(engine: FusedGPT2, clean: Clean, sources: Any, cells: Sequence[Cell],
                  metric: Callable[[Tensor], Tensor], cells_per_forward: int) -> Tensor:
     """Cells grouped by where they enter (layer, stage) and sorted by first changed position; a chunk shares one
-    start position (its smallest), and grows while that wastes at most a quarter of its work."""
+    start position (its smallest, and no later than the first position the metric reads), and grows while that
+    wastes at most a quarter of its work. Patched streams are built one chunk at a time."""
     batch, n_pos = clean.tokens.shape
     keep = min(metric_positions(metric), n_pos)
     columns = getattr(metric, "vocab_ids", None)
-    states = [_start_state(engine, clean, c, sources[c.key]) for c in cells]
+    start = [min(_entry(c)[2], n_pos - keep) for c in cells]  # the read-out positions must be computed
     groups: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for i, (layer, stage, _, _) in enumerate(states):
-        groups[(layer, stage)].append(i)
+    for i, c in enumerate(cells):
+        groups[_entry(c)[:2]].append(i)
     out = torch.empty(len(cells))
     for (layer, stage), idx in groups.items():
-        idx.sort(key=lambda i: states[i][3])
+        idx.sort(key=lambda i: start[i])
         while idx:
-            s0 = min(states[idx[0]][3], n_pos - keep)  # the read-out positions must be computed
+            s0 = start[idx[0]]
             chunk = [idx.pop(0)]
             while idx and len(chunk) < cells_per_forward and \
-                    (len(chunk) + 1) * (n_pos - s0) <= 1.25 * sum(n_pos - min(states[i][3], n_pos - keep)
-                                                                  for i in [*chunk, idx[0]]):
+                    (len(chunk) + 1) * (n_pos - s0) <= 1.25 * sum(n_pos - start[i] for i in [*chunk, idx[0]]):
                 chunk.append(idx.pop(0))
-            x = torch.cat([states[i][2][:, s0:] for i in chunk])  # (cells · batch, pos − s0, d_model)
-            logits = engine.run(layer, stage, x, s0, clean, keep, columns)
+            x = torch.cat([_patched_stream(engine, clean, cells[i], sources[cells[i].key])[:, s0:] for i in chunk])
+            logits = engine.run(layer, stage, x, s0, clean, keep, columns)  # x: (cells · batch, pos − s0, d_model)
             values = (metric.on_columns(logits) if columns is not None else metric(logits)).view(len(chunk), batch)
             out[chunk] = values.mean(1).cpu()
     return out
