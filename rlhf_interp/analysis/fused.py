@@ -2,7 +2,7 @@
 
 `transformer_lens.patching` runs one full forward per cell through the bridge's hooks. A sweep does not need that:
 a cell changes the residual stream from one (layer, stage, position) on, and everything before is the clean run.
-`FusedGPT2` reads the bridge's own weights (views, no copies except one fused QKV matrix per layer) and runs
+`FusedGPT2` reads the bridge's own weights (views of its parameters, no copies) and runs
 
     clean(tokens)                  every layer's resid_pre / resid_mid, z, keys and values, once
     run(layer, stage, x, start)    blocks from `layer` on, for positions start.. only: the keys and values of the
@@ -41,7 +41,6 @@ def gelu_tanh(x: Tensor) -> Tensor:
 
 ACTIVATIONS = {"gelu_new": gelu_tanh, "gelu_fast": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "gelu": F.gelu,
                "relu": F.relu, "silu": F.silu}
-STAGES = ("pre", "mid")  # the residual stream before a block's attention / before its MLP
 
 
 @dataclass
@@ -83,7 +82,8 @@ class FusedGPT2:
         self.n_layers, self.n_heads, self.d_head = int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head)
         self.eps = float(cfg.eps)
         self.act = ACTIVATIONS[cfg.act_fn]
-        self.scale = 1.0 / (math.sqrt(self.d_head) if cfg.attn_scale in (None, -1, -1.0) else float(cfg.attn_scale))
+        divisor = math.sqrt(self.d_head) if cfg.attn_scale in (None, -1, -1.0) else float(cfg.attn_scale)
+        self.scale = 1.0 / divisor if getattr(cfg, "use_attn_scale", True) else 1.0
         self.W_E, self.W_pos = model.W_E, model.W_pos
         self.W_U, self.b_U = model.W_U, getattr(model, "b_U", None)
         self.ln_final = _ln_params(model.ln_final)
@@ -209,7 +209,7 @@ class FusedGPT2:
         return self.unembed(x[:, x.shape[1] - keep:], columns)
 
     @torch.no_grad()
-    def verify(self, model: Any, clean: Clean, tol: float = 1e-4) -> float:
+    def verify(self, model: Any, clean: Clean, tol: float = 1e-5) -> float:
         """Max |Δ| between the fused clean logits and the bridge's forward on the same tokens, or inf if above
         `tol` × max(1, max |logit|)."""
         ref = model(clean.tokens)
