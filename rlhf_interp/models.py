@@ -251,13 +251,17 @@ def load_bridge(
 def _own_memory(module: torch.nn.Module) -> None:
     """Copy tensors still backed by the memory-mapped checkpoint file into ordinary memory. After the compatibility
     processing only a few are left (on GPT-2, the unused joint QKV weights: 81 MB of a GPT-2-small), but they keep the
-    whole mapped file resident (475 MB). Storages from a file mapping are the non-resizable ones."""
+    whole mapped file resident (475 MB). Storages from a file mapping are the non-resizable ones; each is copied once,
+    so tensors sharing one keep sharing it."""
     import torch
 
+    copies: dict[int, Any] = {}
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
-            if t.device.type == "cpu" and not t.untyped_storage().resizable():
-                t.data = t.data.clone()
+            storage = t.untyped_storage()
+            if t.device.type == "cpu" and not storage.resizable():
+                new = copies.setdefault(storage.data_ptr(), storage.clone())
+                t.data = torch.empty(0, dtype=t.dtype).set_(new, t.storage_offset(), t.shape, t.stride())
 
 
 def page_out(module: torch.nn.Module) -> bool:
