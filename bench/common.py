@@ -6,6 +6,8 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,3 +41,17 @@ def interleaved(a: Callable[[], object], b: Callable[[], object], rounds: int) -
         b()
         tb.append(time.perf_counter() - t)
     return statistics.median(ta), statistics.median(tb)
+
+
+def perturbed_pair(model: Any, tok: Any, root: Path, scale: float, seed: int) -> tuple[Path, Path]:
+    """Save `model` as root/base, add seeded Gaussian noise (`scale` × each parameter's std) in place, save
+    root/tuned."""
+    from rlhf_interp.models import save_model
+
+    save_model(model, tok, root / "base")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * (p.std() if p.numel() > 1 else 1))
+    save_model(model, tok, root / "tuned")
+    return root / "base", root / "tuned"

@@ -21,7 +21,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from rlhf_interp.models import EMBEDDED_DIR, save_model
+from rlhf_interp.models import EMBEDDED_DIR
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import perturbed_pair
 
 CHILD = """
 import json, resource, sys, time
@@ -33,16 +36,6 @@ compare(sys.argv[1], sys.argv[2], out=sys.argv[3])
 print(json.dumps({"seconds": time.perf_counter() - t,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
-
-
-def perturbed_pair(model: GPT2LMHeadModel, tok, root: Path, seed: int) -> tuple[Path, Path]:
-    save_model(model, tok, root / "base")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05 * (p.std() if p.numel() > 1 else 1))
-    save_model(model, tok, root / "tuned")
-    return root / "base", root / "tuned"
 
 
 def run(name: str, base: Path, tuned: Path, out: Path, goal_s: float) -> dict:
@@ -67,14 +60,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tok = AutoTokenizer.from_pretrained(EMBEDDED_DIR)
-        b, t = perturbed_pair(GPT2LMHeadModel.from_pretrained(EMBEDDED_DIR), tok, root / "emb", 0)
+        b, t = perturbed_pair(GPT2LMHeadModel.from_pretrained(EMBEDDED_DIR), tok, root / "emb", 0.05, 0)
         run("embedded", b, t, root / "emb_out", 120)
         if args.only_embedded:
             return
         torch.manual_seed(0)
         config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        b, t = perturbed_pair(GPT2LMHeadModel(config).eval(), tok, root / "small", 1)
+        b, t = perturbed_pair(GPT2LMHeadModel(config).eval(), tok, root / "small", 0.05, 1)
         r = run("gpt2-small-shape", b, t, root / "small_out", 900)
     print(f"compare_suite: ratio {900 / r['wall']:.2f} (goal ≥ 1: wall {r['wall']:.0f} s of 900 s allowed), "
           f"peak_rss_mb {r['peak_rss_mb']:.0f} (goal ≤ 3072)")

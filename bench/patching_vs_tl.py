@@ -27,21 +27,11 @@ import transformer_lens.patching as tl_patching
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import gflops, interleaved, machine
+from common import gflops, interleaved, machine, perturbed_pair
 
 from rlhf_interp.analysis.metric import Metric
 from rlhf_interp.analysis.patching import HEAD_HOOK, LAYER_COMPONENTS, Cell, patch_sweep, run_cache
-from rlhf_interp.models import EMBEDDED_DIR, load_bridge, save_model
-
-
-def perturbed_pair(base: GPT2LMHeadModel, tok, root: Path, scale: float, seed: int) -> tuple[Path, Path]:
-    save_model(base, tok, root / "base")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in base.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale * (p.std() if p.numel() > 1 else 1))
-    save_model(base, tok, root / "tuned")
-    return root / "base", root / "tuned"
+from rlhf_interp.models import EMBEDDED_DIR, load_bridge
 
 
 def sweep(name: str, base_dir: Path, tuned_dir: Path, metric: Metric, tokens: torch.Tensor, rounds: int) -> list[str]:
