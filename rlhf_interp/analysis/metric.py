@@ -70,8 +70,7 @@ class Metric:
     def __call__(self, logits: Tensor) -> Tensor:
         """(batch, pos, vocab) logits -> (batch,) metric per prompt."""
         if self.name == "logit_diff":
-            last = logits[:, -1, :].float()
-            return last[:, list(self.positive.values())].mean(-1) - last[:, list(self.negative.values())].mean(-1)
+            return self.on_columns(logits[:, -1:, self.vocab_ids])
         t = len(self.target_ids)
         logp = logits[:, -t:, :].float().log_softmax(-1)
         ids = torch.tensor(self.target_ids, device=logits.device).expand(logits.shape[0], -1)

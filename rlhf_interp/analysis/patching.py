@@ -176,10 +176,11 @@ def _fused_sweep(engine: FusedGPT2, clean: Clean, sources: Any, cells: Sequence[
     batch, n_pos = clean.tokens.shape
     keep = min(metric_positions(metric), n_pos)
     columns = getattr(metric, "vocab_ids", None)
-    start = [min(_entry(c)[2], n_pos - keep) for c in cells]  # the read-out positions must be computed
+    entries = [_entry(c) for c in cells]
+    start = [min(first, n_pos - keep) for _, _, first in entries]  # the read-out positions must be computed
     groups: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for i, c in enumerate(cells):
-        groups[_entry(c)[:2]].append(i)
+    for i, (layer, stage, _) in enumerate(entries):
+        groups[(layer, stage)].append(i)
     out = torch.empty(len(cells))
     for (layer, stage), idx in groups.items():
         idx.sort(key=lambda i: start[i])
