@@ -253,15 +253,25 @@ def _own_memory(module: torch.nn.Module) -> None:
     processing only a few are left (on GPT-2, the unused joint QKV weights: 81 MB of a GPT-2-small), but they keep the
     whole mapped file resident (475 MB). Storages from a file mapping are the non-resizable ones; each is copied once,
     so tensors sharing one keep sharing it."""
+    copies: dict[int, Any] = {}
+    for t in _cpu_tensors(module):
+        storage = t.untyped_storage()
+        if not storage.resizable():
+            _repoint(t, copies.setdefault(storage.data_ptr(), storage.clone()), 0)
+
+
+def _cpu_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [t for t in [*module.parameters(), *module.buffers()] if t.device.type == "cpu" and t.numel()]
+
+
+def _repoint(t: torch.Tensor, storage: Any, byte_offset: int) -> None:
+    """Make `t` (a parameter or buffer: its identity is kept) read its elements from `storage`, starting `byte_offset`
+    bytes in, with its own offset, shape and strides."""
     import torch
 
-    copies: dict[int, Any] = {}
     with torch.no_grad():
-        for t in [*module.parameters(), *module.buffers()]:
-            storage = t.untyped_storage()
-            if t.device.type == "cpu" and not storage.resizable():
-                new = copies.setdefault(storage.data_ptr(), storage.clone())
-                t.data = torch.empty(0, dtype=t.dtype).set_(new, t.storage_offset(), t.shape, t.stride())
+        start = byte_offset // t.element_size() + t.storage_offset()
+        t.data = torch.empty(0, dtype=t.dtype, device=t.device).set_(storage, start, t.shape, t.stride())
 
 
 def page_out(module: torch.nn.Module) -> bool:
@@ -274,7 +284,7 @@ def page_out(module: torch.nn.Module) -> bool:
 
     import torch
 
-    tensors = [t for t in [*module.parameters(), *module.buffers()] if t.device.type == "cpu" and t.numel()]
+    tensors = _cpu_tensors(module)
     if not tensors:
         return False
     storages: dict[int, Any] = {}
@@ -297,10 +307,8 @@ def page_out(module: torch.nn.Module) -> bool:
             os.unlink(path)  # the mapping outlives the name: nothing is left behind, even on a crash
     except OSError:
         return False
-    with torch.no_grad():
-        for t in tensors:
-            start = offsets[t.untyped_storage().data_ptr()] // t.element_size() + t.storage_offset()
-            t.data = torch.empty(0, dtype=t.dtype).set_(mapped, start, t.shape, t.stride())
+    for t in tensors:
+        _repoint(t, mapped, offsets[t.untyped_storage().data_ptr()])
     release_freed_memory()
     return True
 
