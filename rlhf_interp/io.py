@@ -1,13 +1,17 @@
-"""Atomic writes: a file or a directory appears complete under its final name, or not at all."""
+"""Atomic writes: a file or a directory appears complete under its final name, or not at all; tables as CSV that
+read back exactly (`write_table` / `read_table`)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -29,7 +33,50 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a lone surrogate (not encodable: it can come out of a model's text) is written as U+FFFD."""
+    atomic_write_bytes(path, valid_unicode(text).encode("utf-8"))
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with lone surrogates replaced by U+FFFD (paired ones are joined into their character)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def table_csv(df: Any) -> str:
+    """`df` as CSV text that `pandas.read_csv` splits into the same rows and columns, whatever the text holds.
+
+    Every string is quoted (a bare `\r`, `\n`, quote, comma or NUL inside a token stays inside its field; pandas'
+    default quotes only the line terminator `\n`, so a token with `\r` shifted rows), numbers are written
+    unquoted with full precision (they read back bit for bit), `\n` ends a line, lone surrogates become U+FFFD.
+    Read back with `read_table`: plain `pandas.read_csv` also reads it, except that it turns the strings "nan",
+    "NA", "null", "None"... into NaN. One thing CSV cannot tell apart: an empty string and a missing value (both
+    read back as NaN).
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(df)
+    for c in df.columns:
+        if df[c].dtype == object or pd.api.types.is_string_dtype(df[c].dtype):
+            df[c] = df[c].map(lambda v: valid_unicode(v) if isinstance(v, str) else v).astype(object)
+    return df.to_csv(index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
+
+
+def write_table(path: str | Path, df: Any) -> None:
+    """Write a DataFrame atomically as CSV (see `table_csv`)."""
+    atomic_write_text(path, table_csv(df))
+
+
+def read_table(source: str | Path | bytes) -> Any:
+    """Read a table written by `write_table` exactly: strings as written (a token "nan" or "NA" stays a string),
+    empty fields as NaN, numbers bit for bit. `source`: a path or the CSV's bytes."""
+    import pandas as pd
+
+    buf = io.BytesIO(source) if isinstance(source, bytes) else source
+    return pd.read_csv(buf, keep_default_na=False, na_values=[""], encoding="utf-8")
 
 
 def ensure_writable_dir(path: str | Path) -> None:

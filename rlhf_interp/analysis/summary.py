@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from rlhf_interp.io import atomic_write_text
+from rlhf_interp.io import atomic_write_text, write_table
 
 
 def _top(df: pd.DataFrame | None, value: str, keys: list[str], n: int = 5, **where: Any) -> list[dict[str, Any]]:
@@ -79,7 +79,7 @@ def build_summary(pair: Any, tables: dict[str, pd.DataFrame], timings: dict[str,
 
 def write_outputs(out: Path, tables: dict[str, pd.DataFrame], summary: dict[str, Any]) -> None:
     for name, df in tables.items():
-        atomic_write_text(out / "tables" / f"{name}.csv", df.to_csv(index=False))
+        write_table(out / "tables" / f"{name}.csv", df)
     if "behaviour" in tables:
         rows = tables["behaviour"].to_dict(orient="records")
         atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

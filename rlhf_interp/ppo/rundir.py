@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from rlhf_interp.errors import UserError
-from rlhf_interp.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from rlhf_interp.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir, write_table
 from rlhf_interp.ppo.config import TrainConfig, apply_overrides, load_toml, to_toml, validate
 
 RESUMABLE_KEYS = {"steps", "device", "out"}  # what may change when a run is resumed
@@ -74,9 +74,9 @@ class RunFiles:
         if not self.write:
             return
         if self.metrics:
-            atomic_write_text(self.root / "metrics.csv", pd.DataFrame(self.metrics).to_csv(index=False))
+            write_table(self.root / "metrics.csv", pd.DataFrame(self.metrics))
         if self.evals:
-            atomic_write_text(self.root / "eval.csv", pd.DataFrame(self.evals).to_csv(index=False))
+            write_table(self.root / "eval.csv", pd.DataFrame(self.evals))
         atomic_write_text(self.root / "samples.jsonl",
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.samples))
 

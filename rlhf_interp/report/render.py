@@ -16,7 +16,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from rlhf_interp.errors import UserError
-from rlhf_interp.io import atomic_write_bytes, atomic_write_text
+from rlhf_interp.io import atomic_write_bytes, atomic_write_text, read_table
 
 # the output contract: columns each table must have for its figure
 REQUIRED = {
@@ -40,7 +40,7 @@ REQUIRED = {
 
 def _read_csv(path: Path, name: str) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path)
+        df = read_table(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"table {path} is unreadable ({type(e).__name__}); rerun compare to regenerate it") from e
     missing = [c for c in REQUIRED.get(name, []) if c not in df.columns]
@@ -149,7 +149,7 @@ def render_training(run: Path, fmt: str = "html", embed: bool = True) -> Path:
 def _training_samples(path: Path, limit: int = 24) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     evals = [r for r in rows if r.get("split") == "eval"]
     if not evals:
         return []
