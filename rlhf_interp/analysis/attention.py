@@ -3,6 +3,8 @@ attention patterns over all query positions of all prompts (query 0 attends only
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import torch
 
@@ -13,7 +15,7 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch
     m = 0.5 * (p + q)
     kl_pm = (p * ((p + eps) / (m + eps)).log()).sum(-1)
     kl_qm = (q * ((q + eps) / (m + eps)).log()).sum(-1)
-    return 0.5 * (kl_pm + kl_qm)
+    return (0.5 * (kl_pm + kl_qm)).clamp(0.0, math.log(2))  # 0 <= JS <= ln 2 (rounding can step out)
 
 
 @torch.no_grad()

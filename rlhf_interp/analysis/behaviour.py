@@ -57,7 +57,8 @@ def _token_kl(pair: ModelPair, s: Samples, chunk: int = 8) -> list[dict]:
             # positions q_len - 1 .. end - 1 predict the response tokens
             lt = pair.tuned(ids)[:, q_len - 1 : q_len - 1 + resp].float().log_softmax(-1)
             lb = pair.base(ids)[:, q_len - 1 : q_len - 1 + resp].float().log_softmax(-1)
-            kl[rows] = (lt.exp() * (lt - lb)).sum(-1).cpu()  # (rows, resp)
+            # (rows, resp); KL >= 0, a float sum can land at -1e-9: clamp where the mathematics says so
+            kl[rows] = (lt.exp() * (lt - lb)).sum(-1).clamp_min(0).cpu()
     out = []
     for i in range(kl.shape[0]):
         for t in range(int(s.response_mask[i].sum())):

@@ -66,7 +66,7 @@ def kl_estimates(logp: Tensor, ref_logp: Tensor) -> tuple[Tensor, Tensor]:
     """
     k1 = logp - ref_logp
     log_ratio = ref_logp - logp
-    k3 = torch.expm1(log_ratio) - log_ratio
+    k3 = (torch.expm1(log_ratio) - log_ratio).clamp_min(0)  # >= 0 exactly; rounding can give -1e-9
     return k1, k3
 
 
@@ -126,7 +126,7 @@ def clipped_policy_loss(
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
-            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+            "approx_kl": masked_mean((torch.expm1(log_ratio) - log_ratio).clamp_min(0), mask),
             "ratio": masked_mean(ratio, mask),
         }
     return loss, stats
