@@ -111,6 +111,43 @@ def parse_analyses(spec: str | list[str] | None) -> list[str]:
     return [n for n in ANALYSES if n in names]  # registry order
 
 
+def open_pair(base: str, tuned: str | None = None, prompts: str | Path | list[str] | None = None,
+              metric: str = "logit_diff", positive: str | None = None, negative: str | None = None,
+              device: str = "cpu") -> Any:
+    """The loaded pair `compare` analyses (see `rlhf_interp.load_pair`)."""
+    from rlhf_interp.analysis.pair import load_pair, resolve_pair
+    from rlhf_interp.prompts import default_prompts, load_prompts
+
+    base_src, tuned_src = resolve_pair(base, tuned)
+    if prompts is None:
+        from rlhf_interp.models import load_tokenizer
+
+        prompt_list = default_prompts(load_tokenizer(base_src))
+    elif isinstance(prompts, list):
+        prompt_list = prompts
+    else:
+        prompt_list = load_prompts(prompts)
+    return load_pair(base_src, tuned_src, prompt_list, metric, positive, negative, device=device)
+
+
+def run_analysis(name: str, pair: Any, ctx: dict[str, Any], strict: bool = True) -> str | None:
+    """Run one registered analysis, adding its tables to ctx["tables"]. With strict=False an unexpected exception
+    (not a `UserError`) is returned as a one-line message instead of raised, so the other analyses still run."""
+    try:
+        ctx["tables"].update(ANALYSES[name](pair, ctx))
+    except UserError:
+        raise
+    except Exception as e:
+        if strict:
+            raise
+        where = e.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        loc = f" at {Path(where.tb_frame.f_code.co_filename).name}:{where.tb_lineno}" if where else ""
+        return f"{type(e).__name__}: {e}{loc}"
+    return None
+
+
 def compare(
     base: str,
     tuned: str | None = None,
@@ -126,44 +163,38 @@ def compare(
     positive: str | None = None,
     negative: str | None = None,
     device: str = "cpu",
+    strict: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """Load BASE and TUNED (or a run directory's base/ and tuned/), run the analyses, return their tables.
 
     With `out`, also writes OUT/tables/<name>.csv, OUT/samples.jsonl, OUT/summary.json and (unless report=False)
-    OUT/report.html with OUT/figures/*.png, all atomically.
+    OUT/report.html with OUT/figures/*.png, all atomically. With strict=False an analysis that fails unexpectedly is
+    recorded in OUT/summary.json under "failed" (name -> message) while the others still run.
     """
     import torch
 
-    from rlhf_interp.analysis.pair import load_pair, resolve_pair
     from rlhf_interp.progress import progress_bar
-    from rlhf_interp.prompts import default_prompts, load_prompts
 
     names = parse_analyses(analyses)
     if out is not None:
         from rlhf_interp.io import ensure_writable_dir
 
         ensure_writable_dir(out)
-    base_src, tuned_src = resolve_pair(base, tuned)
-    if prompts is None:
-        from rlhf_interp.models import load_tokenizer
-
-        prompt_list = default_prompts(load_tokenizer(base_src))
-    elif isinstance(prompts, list):
-        prompt_list = prompts
-    else:
-        prompt_list = load_prompts(prompts)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    pair = load_pair(base_src, tuned_src, prompt_list, metric, positive, negative, device=device)
+    pair = open_pair(base, tuned, prompts, metric, positive, negative, device)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     ctx: dict[str, Any] = {"seed": seed, "reward": reward, "samples_per_prompt": samples_per_prompt,
                            "new_tokens": new_tokens, "tables": {}}
+    failed: dict[str, str] = {}
     with progress_bar() as bar:
         task = bar.add_task("compare", total=len(names), info="")
         for name in names:
             bar.update(task, info=name)
             t = time.perf_counter()
-            ctx["tables"].update(ANALYSES[name](pair, ctx))
+            error = run_analysis(name, pair, ctx, strict)
+            if error is not None:
+                failed[name] = error
             timings[name] = time.perf_counter() - t
             bar.advance(task)
     tables: dict[str, pd.DataFrame] = ctx["tables"]
@@ -171,6 +202,8 @@ def compare(
         from rlhf_interp.analysis.summary import build_summary, write_outputs
 
         summary = build_summary(pair, tables, timings, seed)
+        if failed:
+            summary["failed"] = failed
         write_outputs(Path(out), tables, summary)
         if report:
             from rlhf_interp.report.render import render_compare
@@ -187,4 +220,4 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-__all__ = ["ANALYSES", "compare", "file_sha256"]
+__all__ = ["ANALYSES", "compare", "file_sha256", "open_pair", "run_analysis"]
