@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
 from rlhf_interp.errors import UserError
 
@@ -16,8 +17,19 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Train a causal LM with PPO-based RLHF, then interpret what RLHF changed.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: rich markup ate "[train]", showed <bool> on flags and {base} in usage
 )
 _state = {"debug": False}
+
+
+def _usage_name(self: typer.core.TyperArgument) -> str:
+    """`BASE [TUNED]` in usage lines, as click writes them (typer 0.2x writes a required argument as `{base}`)."""
+    name = (self.name or "").upper() if self.metavar is None else self.metavar
+    return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+
+if hasattr(typer.core.TyperArgument, "_usage_display_name"):
+    typer.core.TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
 
 
 @app.callback()
@@ -55,7 +67,8 @@ def pretrain(
 
 @app.command()
 def sample(
-    model: Annotated[str, typer.Argument(help="'embedded', a local HF directory or a hub name.")] = "embedded",
+    model: Annotated[str, typer.Argument(
+        metavar="MODEL", help="'embedded', a local HF directory or a hub name.")] = "embedded",
     prompts: Annotated[Path | None, typer.Option(help="Prompt file (one per line, or .jsonl).")] = None,
     n: Annotated[int, typer.Option("-n", help="Samples per prompt.")] = 1,
     max_new_tokens: Annotated[int, typer.Option(help="New tokens per sample.")] = 32,
@@ -108,7 +121,8 @@ def train(
     before, after = summary["eval_before"], summary["eval_after"]
     typer.echo(
         f"{summary['steps']} updates, {summary['episodes']} episodes in {summary['train_seconds']:.0f} s; "
-        f"eval score {before['score_mean']:+.3f} -> {after['score_mean']:+.3f}, KL {after['kl']:.2f} nats/sequence, "
+        f"eval score {before['score_mean']:+.3f} -> {after['score_mean']:+.3f}, "
+        f"KL ~ {after['kl']:+.3f} nats/sequence (k1 estimate on the eval samples: unbiased, can be < 0 near 0), "
         f"distinct-2 {before['distinct_2']:.2f} -> {after['distinct_2']:.2f}"
     )
     typer.echo(f"run written to {summary['run']}")
@@ -135,13 +149,21 @@ def _launch_torchrun(nproc: int) -> int:
         return 130
 
 
+def _analysis_names() -> str:
+    from rlhf_interp.analysis import ANALYSES
+
+    return ", ".join(ANALYSES) + "."
+
+
 @app.command()
 def compare(
-    base: Annotated[str, typer.Argument(help="Base model: HF directory, 'embedded', hub name, or a run directory.")],
-    tuned: Annotated[str | None, typer.Argument(help="Tuned model (omit when BASE is a run directory).")] = None,
+    base: Annotated[str, typer.Argument(
+        metavar="BASE", help="Base model: HF directory, 'embedded', hub name, or a run directory.")],
+    tuned: Annotated[str | None, typer.Argument(
+        metavar="TUNED", help="Tuned model (omit when BASE is a run directory).")] = None,
     prompts: Annotated[Path | None, typer.Option(help="Prompt file; default: the model's default prompt set.")] = None,
     metric: Annotated[str, typer.Option(help="logit_diff (default) or target:TEXT.")] = "logit_diff",
-    analyses: Annotated[str, typer.Option(help="Comma-separated analyses, or 'all'.")] = "all",
+    analyses: Annotated[str, typer.Option(help="Comma-separated analyses, or 'all': " + _analysis_names())] = "all",
     out: Annotated[Path | None, typer.Option(help="Output directory (default compare-out/<tuned name>).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling and bootstrap.")] = 0,
     reward: Annotated[str, typer.Option(help="Reward for the behaviour analysis.")] = "vader",
@@ -157,24 +179,33 @@ def compare(
     if out is None:
         out = Path("compare-out") / Path((tuned or base).rstrip("/")).name
     from rlhf_interp.models import resolve_device
+    from rlhf_interp.report.numbers import pct, sig
 
+    # strict=False: an analysis that fails unexpectedly is recorded and the others still run (--debug: traceback)
     run_compare(base, tuned, prompts=prompts, metric=metric, analyses=analyses, out=out, seed=seed, reward=reward,
-                positive=positive, negative=negative, device=str(resolve_device(device)))
+                positive=positive, negative=negative, device=str(resolve_device(device)), strict=_state["debug"])
     summary = json.loads((out / "summary.json").read_text())
     m = summary["metric"]
-    typer.echo(f"{m['name']}: base {m['base']:+.3f}, tuned {m['tuned']:+.3f}, gap {m['gap']:+.3f} "
+    typer.echo(f"{m['name']}: base {sig(m['base'], 3)}, tuned {sig(m['tuned'], 3)}, gap {sig(m['gap'], 3)} "
                f"over {summary['prompts']} prompts")
     top = summary["top"].get("patching_heads") or []
     if top:
-        typer.echo("top heads by patching (tuned->base): " + ", ".join(
-            f"L{t['layer']}H{t['head']} {t['effect']:+.2f}" for t in top[:3]))
+        typer.echo("top heads by patching tuned->base (share of the gap recovered): " + ", ".join(
+            f"L{t['layer']}H{t['head']} {pct(t['effect'])}" for t in top[:3]))
     typer.echo(f"tables written to {out / 'tables'}")
     typer.echo(f"report: {out / 'report.html'}")
+    failed = summary.get("failed") or {}
+    for name, message in failed.items():
+        typer.echo(f"error: analysis {name} failed: {message} (the others ran; rerun with --debug for the "
+                   "traceback)", err=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
 def report(
-    directory: Annotated[Path, typer.Argument(help="A compare output directory or a training run directory.")],
+    directory: Annotated[Path, typer.Argument(
+        metavar="DIRECTORY", help="A compare output directory or a training run directory.")],
     format: Annotated[str, typer.Option("--format", help="html (report + figures) or png (figures only).")] = "html",
     relative_images: Annotated[bool, typer.Option(help="Reference figures/*.png instead of embedding them.")] = False,
 ) -> None:

@@ -7,6 +7,7 @@ as `config.toml` in the run directory, and `--resume` reads it back from there.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -139,9 +140,9 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str) ->
     for key, value in overrides.items():
         name = normalise_key(key)
         if name not in FIELDS:
-            close = [k for k in FIELDS if k.startswith(name[:3])]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UserError(f"{source}: unknown config key '{key}'{hint}; `rlhf-interp train --help` lists them")
+            close = difflib.get_close_matches(name, list(FIELDS), n=3, cutoff=0.6)
+            hint = f" (did you mean {' or '.join('--' + k.replace('_', '-') for k in close)}?)" if close else ""
+            raise UserError(f"{source}: unknown config key '{key}'{hint}; `rlhf-interp train-keys` lists every key")
         clean[name] = _coerce(name, value, source)
     return dataclasses.replace(cfg, **clean)
 

@@ -98,7 +98,7 @@ def render_compare(out: Path, fmt: str = "html", embed: bool = True) -> Path:
         title="What RLHF changed: base vs tuned", meta=meta, findings=compare_findings(tables, summary),
         figures=figures, samples=samples, samples_title="Samples: base vs tuned (same prompt, same seed)",
         samples_columns=["prompt", "base", "base reward", "tuned", "tuned reward"], version=_version(),
-        tables_note="tables/*.csv, summary.json")
+        tables_note="tables/*.csv, summary.json", failed=summary.get("failed") or {})
     atomic_write_text(out / "report.html", html)
     return out / "report.html"
 
