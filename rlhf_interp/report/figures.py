@@ -29,10 +29,76 @@ def _png(fig: plt.Figure) -> bytes:
 
 
 def _heat(ax: plt.Axes, data: pd.DataFrame, title: str, center: float | None = 0.0, fmt: str = ".2f") -> None:
+    """One heatmap on its own scale (kept for figures added by others; the built-in ones use `_heatmaps`)."""
     annot = data.size <= 64
     sns.heatmap(data, ax=ax, cmap="RdBu_r" if center is not None else "viridis", center=center, annot=annot,
                 fmt=fmt, cbar=True, linewidths=0.3, annot_kws={"fontsize": 7})
     ax.set_title(title, fontsize=10)
+
+
+def _int_labels(values: pd.Index) -> list[str]:
+    """Tick labels of layers/heads as integers ("3", not "3.0": a column with NaN rows reads back as float)."""
+    return [str(int(v)) if isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer() else str(v)
+            for v in values]
+
+
+def _gap(t: Tables) -> float:
+    """The mean base->tuned metric gap (from logit_diff's "(mean)" delta row), NaN when absent."""
+    df = t.get("logit_diff")
+    if df is None or df.empty:
+        return float("nan")
+    row = df[(df.prompt == "(mean)") & (df.model == "delta")]
+    return float(row.metric.iloc[0]) if len(row) else float("nan")
+
+
+def _heatmaps(panels: list[tuple[str, pd.DataFrame]], *, nrows: int = 1, floor: float = 0.0, percent: bool = False,
+              diverging: bool = True, label: str = "", figsize: tuple[float, float] = (10, 3.6),
+              xlabel: str = "head", ylabel: str = "layer", xticklabels: list[str] | None = None) -> plt.Figure:
+    """Panels of layer x head (or layer x position) grids on ONE colour scale per figure.
+
+    The scale is symmetric around 0 for signed values and at least `floor` wide, so numerical noise (1e-6) stays
+    white instead of saturating, and an all-zero panel looks empty. Cells are annotated with 2 significant digits
+    (or as % when `percent`) when they matter at this scale (|v| >= 2% of it); others stay blank.
+    """
+    from rlhf_interp.report.numbers import pct, sig
+
+    ncols = -(-len(panels) // nrows)
+    values = np.concatenate([g.to_numpy(dtype=float).ravel() for _, g in panels]) if panels else np.zeros(1)
+    finite = values[np.isfinite(values)]
+    vmax = max(float(np.abs(finite).max()) if finite.size else 0.0, floor, 1e-12)
+    vmin = -vmax if diverging else 0.0
+    cmap = "RdBu_r" if diverging else "Purples"
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, constrained_layout=True)
+    image = None
+    for k, (title, grid) in enumerate(panels):
+        ax = axes.flat[k]
+        data = grid.to_numpy(dtype=float)
+        image = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(data.shape[1]))
+        ax.set_xticklabels(xticklabels if xticklabels is not None else _int_labels(grid.columns), fontsize=8,
+                           rotation=45 if xticklabels is not None else 0, ha="right" if xticklabels is not None
+                           else "center")
+        ax.set_yticks(range(data.shape[0]))
+        ax.set_yticklabels(_int_labels(grid.index), fontsize=8)
+        if k // ncols == nrows - 1:
+            ax.set_xlabel(xlabel)
+        if k % ncols == 0:
+            ax.set_ylabel(ylabel)
+        if data.size <= 160:
+            for (i, j), v in np.ndenumerate(data):
+                if np.isfinite(v) and abs(v) >= 0.02 * vmax:
+                    text = pct(v) if percent else sig(v, 2)
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
+                            color="white" if abs(v) > 0.6 * vmax else "#222")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.85, pad=0.01)
+        bar.set_label(label, fontsize=9)
+        if percent:
+            bar.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
+    return fig
 
 
 def reward_hist(t: Tables) -> Figure | None:
@@ -116,10 +182,13 @@ def dla_head_heatmaps(t: Tables) -> Figure | None:
     df = t.get("dla_heads")
     if df is None or df.empty:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, model in zip(axes, ("base", "tuned", "delta"), strict=True):
-        _heat(ax, df[df.model == model].pivot(index="layer", columns="head", values="attribution"), model)
-    return _png(fig), "Direct logit attribution per attention head (rows: layers, columns: heads)."
+    gap = _gap(t)
+    panels = [(model, df[df.model == model].pivot(index="layer", columns="head", values="attribution"))
+              for model in ("base", "tuned", "delta")]
+    fig = _heatmaps(panels, floor=0.05 * abs(gap) if np.isfinite(gap) else 0.0, label="attribution (metric units)",
+                    figsize=(13, 3.6))
+    return _png(fig), ("Direct logit attribution per attention head (rows: layers, columns: heads), in metric units, "
+                       "one colour scale for the three panels (at least ±5% of the gap wide, so noise stays white).")
 
 
 def ablation_heatmaps(t: Tables) -> Figure | None:
@@ -127,42 +196,51 @@ def ablation_heatmaps(t: Tables) -> Figure | None:
     if df is None or df.empty:
         return None
     heads = df[(df.component == "head") & (df.kind == "mean")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, model in zip(axes, ("base", "tuned"), strict=True):
-        _heat(ax, heads[heads.model == model].pivot(index="layer", columns="head", values="effect"),
-              f"{model}: mean-ablate head")
+    gap = _gap(t)
+    panels = [(f"{model}: mean-ablate head", heads[heads.model == model].pivot(index="layer", columns="head",
+                                                                              values="effect"))
+              for model in ("base", "tuned")]
+    fig = _heatmaps(panels, floor=0.05 * abs(gap) if np.isfinite(gap) else 0.0, label="Δ metric")
     return _png(fig), ("Change of the metric when one head is mean-ablated, in each model (negative: the head pushed "
-                       "the metric up). Zero-ablation and MLP rows are in ablation.csv.")
+                       "the metric up), one colour scale for both panels. Zero-ablation and MLP rows are in "
+                       "ablation.csv.")
 
 
 def patching_layer_heatmaps(t: Tables) -> Figure | None:
+    from rlhf_interp.report.numbers import pct
+
     df = t.get("patching_layers")
     if df is None or df.empty:
         return None
     comps = ["resid_pre", "attn_out", "mlp_out"]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6))
-    for i, direction in enumerate(("tuned_to_base", "base_to_tuned")):
-        for j, comp in enumerate(comps):
+    panels, labels = [], None
+    for direction in ("tuned_to_base", "base_to_tuned"):
+        for comp in comps:
             sub = df[(df.direction == direction) & (df.component == comp)]
-            grid = sub.pivot(index="layer", columns="pos", values="effect")
-            grid.columns = [f"{p}:{tok!r}" for p, tok in sub.drop_duplicates("pos")[["pos", "token"]].values]
-            _heat(axes[i, j], grid, f"{direction}: {comp}")
+            panels.append((f"{direction.replace('_to_', ' → ')}: {comp}",
+                           sub.pivot(index="layer", columns="pos", values="effect")))
+            if labels is None and len(sub):
+                labels = [f"{int(p)}:{tok!r}" for p, tok in sub.drop_duplicates("pos")[["pos", "token"]].values]
+    fig = _heatmaps(panels, nrows=2, floor=0.05, percent=True, label="share of the gap recovered", figsize=(13, 7),
+                    xlabel="position: token", xticklabels=labels)
     un = df[df.component == "unembed"]
-    note = "; ".join(f"{r.direction}: {r.effect:+.2f}" for r in un.itertuples())
-    return _png(fig), ("Cross-model activation patching by layer and position: fraction of the base→tuned metric gap "
+    note = "; ".join(f"{r.direction}: {pct(r.effect)}" for r in un.itertuples())
+    return _png(fig), ("Cross-model activation patching by layer and position: share of the base→tuned metric gap "
                        "recovered when one activation of the receiver is replaced by the donor's (top row: tuned into "
-                       f"base; bottom: base into tuned). Swapping the unembedding alone: {note}.")
+                       f"base; bottom: base into tuned), one colour scale. Swapping the unembedding alone: {note}.")
 
 
 def patching_head_heatmaps(t: Tables) -> Figure | None:
     df = t.get("patching_heads")
     if df is None or df.empty:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, direction in zip(axes, ("tuned_to_base", "base_to_tuned"), strict=True):
-        _heat(ax, df[df.direction == direction].pivot(index="layer", columns="head", values="effect"), direction)
-    return _png(fig), ("Patching one head's whole output (z·W_O, all positions) from the donor: fraction of the gap "
-                       "recovered (rows: layers, columns: heads). hook_z-only effects are in patching_heads.csv.")
+    panels = [(direction.replace("_to_", " → "), df[df.direction == direction].pivot(index="layer", columns="head",
+                                                                                      values="effect"))
+              for direction in ("tuned_to_base", "base_to_tuned")]
+    fig = _heatmaps(panels, floor=0.05, percent=True, label="share of the gap recovered")
+    return _png(fig), ("Patching one head's whole output (z·W_O, all positions) from the donor: share of the gap "
+                       "recovered (rows: layers, columns: heads; one colour scale, at least ±5% wide). hook_z-only "
+                       "effects are in patching_heads.csv.")
 
 
 def attribution_scatter(t: Tables) -> Figure | None:
@@ -188,11 +266,10 @@ def attention_heatmap(t: Tables) -> Figure | None:
     df = t.get("attention_diff")
     if df is None or df.empty:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    _heat(ax, df.pivot(index="layer", columns="head", values="js_divergence"), "JS divergence", center=None,
-          fmt=".3f")
+    fig = _heatmaps([("JS divergence", df.pivot(index="layer", columns="head", values="js_divergence"))],
+                    floor=0.01, diverging=False, label="nats", figsize=(5.5, 3.6))
     return _png(fig), ("How much each head's attention pattern changed: mean Jensen–Shannon divergence (nats, max "
-                       "ln 2 ≈ 0.69) between base and tuned patterns over the prompts.")
+                       "ln 2 ≈ 0.69) between base and tuned patterns over the prompts (scale at least 0.01 wide).")
 
 
 def weight_bars(t: Tables) -> Figure | None:
@@ -247,6 +324,6 @@ def training_curves(metrics: pd.DataFrame, evals: pd.DataFrame | None) -> Figure
     from rlhf_interp.plots.training import PANELS, draw_training_curves
 
     fig = draw_training_curves(metrics, evals)
-    names = ", ".join(title for _, title in PANELS)
+    names = "; ".join(title for title, _ in PANELS)
     return _png(fig), (f"Training curves per PPO update ({names}); red dots: the fixed evaluation set before, during "
                        "and after training.")
