@@ -82,9 +82,10 @@ def _attribution(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
 
 @register("attention_diff")
 def _attention(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    from rlhf_interp.analysis.attention import attention_diff
+    from rlhf_interp.analysis.attention import attention_diff, attention_patterns
 
-    return {"attention_diff": attention_diff(pair)}
+    diff = attention_diff(pair)
+    return {"attention_diff": diff, "attention_patterns": attention_patterns(pair, diff)}
 
 
 @register("weight_diff")

@@ -33,6 +33,7 @@ REQUIRED = {
     "patching_heads": ["direction", "layer", "head", "effect"],
     "attribution_patching": ["kind", "approx", "exact"],
     "attention_diff": ["layer", "head", "js_divergence"],
+    "attention_patterns": ["prompt_index", "prompt", "layer", "head", "model", "query", "key", "query_token", "weight"],
     "weight_diff": ["component", "layer", "head", "rel_change"],
     "direction": ["layer", "cosine_base_tuned", "patch_along_direction_effect"],
 }
@@ -77,6 +78,7 @@ def _version() -> str:
 
 
 def render_compare(out: Path, fmt: str = "html", embed: bool = True) -> Path:
+    from rlhf_interp.report.explore import explore_js, explore_json
     from rlhf_interp.report.figures import COMPARE_FIGURES
     from rlhf_interp.report.findings import compare_findings
 
@@ -98,7 +100,8 @@ def render_compare(out: Path, fmt: str = "html", embed: bool = True) -> Path:
         title="What RLHF changed: base vs tuned", meta=meta, findings=compare_findings(tables, summary),
         figures=figures, samples=samples, samples_title="Samples: base vs tuned (same prompt, same seed)",
         samples_columns=["prompt", "base", "base reward", "tuned", "tuned reward"], version=_version(),
-        tables_note="tables/*.csv, summary.json", failed=summary.get("failed") or {})
+        tables_note="tables/*.csv, summary.json", failed=summary.get("failed") or {},
+        explore_json=explore_json(tables), explore_js=explore_js())
     atomic_write_text(out / "report.html", html)
     return out / "report.html"
 
