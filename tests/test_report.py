@@ -99,3 +99,85 @@ def test_report_in_headless_chromium(compare_dir, tmp_path):
     assert hi - lo > 100 and img.height > 3000  # content, not a blank page
     colours = sum(1 for count in img.histogram() if count)
     assert colours > 20
+
+
+def test_explore_data_comes_from_tables_and_fits(compare_dir):
+    html = (compare_dir / "report.html").read_text(encoding="utf-8")
+    assert 'id="explore-data"' in html and len(html.encode()) < 5_000_000
+    data = re.search(r'<script type="application/json" id="explore-data">(.*?)</script>', html, re.S).group(1)
+    assert "<" not in data  # model text cannot close the script element
+    import json
+
+    d = json.loads(data)
+    pats = pd.read_csv(compare_dir / "tables" / "attention_patterns.csv")
+    assert len(d["attention"]["heads"]) == len(pats[["layer", "head"]].drop_duplicates()) >= 1
+    kl = pd.read_csv(compare_dir / "tables" / "token_kl.csv")
+    assert sum(len(s["tokens"]) for s in d["kl"]) == len(kl[kl["sample"] < 48])
+    names = [h["title"] for h in d["heatmaps"]]
+    assert any("Patching" in n for n in names) and any("JS" in n for n in names)
+
+
+def test_heatmaps_share_one_scale_with_a_floor():
+    from rlhf_interp.report.figures import _heatmaps
+
+    noise = pd.DataFrame([[1e-6, -1e-6], [0.0, 2e-6]])
+    fig = _heatmaps([("noise", noise), ("zero", noise * 0)], floor=0.05, percent=True)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2 and {im.get_clim() for im in images} == {(-0.05, 0.05)}  # one scale, floor-wide
+    assert not any(ax.texts for ax in fig.axes)  # noise is not annotated as if it mattered
+    big = pd.DataFrame([[0.5, 0.0012], [0.0, -0.25]], index=[0, 1], columns=[0.0, 1.0])
+    fig = _heatmaps([("a", big)], floor=0.05, percent=True)
+    ax = fig.axes[0]
+    assert {t.get_text() for t in ax.texts} == {"+50%", "-25%"}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]  # integer head ticks
+
+
+@pytest.mark.slow
+def test_explore_view_is_interactive_offline(compare_dir):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs it with apt-get)")
+        pytest.skip("chromium not installed")
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((compare_dir / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        # hover a heatmap cell: the readout shows that head's value
+        page.hover("#hm-0 td[data-layer='2'][data-head='1']")
+        heads = pd.read_csv(compare_dir / "tables" / "patching_heads.csv")
+        planted = heads[(heads.direction == "tuned_to_base") & (heads.layer == 2) & (heads["head"] == 1)]
+        from rlhf_interp.report.numbers import pct
+
+        want = pct(float(planted.effect.iloc[0]), 3)
+        assert page.text_content("#hm-readout-0").startswith("L2H1: ") and want[:3] in page.text_content(
+            "#hm-readout-0")
+        # choosing another prompt redraws the attention patterns and the drill-down
+        first = page.text_content("#prompt-detail")
+        tokens_before = page.eval_on_selector_all("table.att th", "ths => ths.map(t => t.textContent).join('|')")
+        page.select_option("#prompt-select", "3")
+        assert page.text_content("#prompt-detail") != first and "tuned − base" in page.text_content("#prompt-detail")
+        tokens_after = page.eval_on_selector_all("table.att th", "ths => ths.map(t => t.textContent).join('|')")
+        assert tokens_after != tokens_before
+        page.hover("table.att[data-model='tuned'] tr:nth-child(2) td:nth-child(2)")
+        assert "base 0." in page.text_content("#att-readout") or "base 1." in page.text_content("#att-readout")
+        # clicking a prompt row in the table selects it
+        page.click("details summary")
+        row = page.query_selector_all("#prompt-table tr[data-prompt]")[-1]
+        row.click()
+        assert "selected" in row.get_attribute("class")
+        # the KL view: hovering a token shows its KL; another sample shows other text
+        page.hover("#kl-text span.kl-tok[data-pos='0']")
+        assert "KL" in page.text_content("#kl-readout") and "nats" in page.text_content("#kl-readout")
+        text0 = page.text_content("#kl-text")
+        page.select_option("#kl-select", "1")
+        assert page.text_content("#kl-text") != text0
+        browser.close()
+    assert errors == []
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
