@@ -252,7 +252,9 @@ def attribution_scatter(t: Tables) -> Figure | None:
     for kind, marker in (("head", "o"), ("layer", ".")):
         sub = df[df.kind == kind]
         r = sub.approx.corr(sub.exact) if len(sub) > 2 else float("nan")
-        ax.scatter(sub.exact, sub.approx, marker=marker, alpha=0.7, label=f"{kind} (r = {r:.2f})")
+        # r is undefined when either side is constant (e.g. all-zero effects): say so instead of "r = nan"
+        label = f"{kind} (r = {r:.2f})" if np.isfinite(r) else f"{kind} (r undefined: {len(sub)} points, no spread)"
+        ax.scatter(sub.exact, sub.approx, marker=marker, alpha=0.7, label=label)
     lim = [min(df.exact.min(), df.approx.min()), max(df.exact.max(), df.approx.max())]
     ax.plot(lim, lim, color="grey", lw=0.8)
     ax.set_xlabel("exact patching effect")
