@@ -65,17 +65,16 @@
   D.prompts.forEach(function (p) { byPrompt[p.prompt] = p; });
   var ranked = D.prompts.slice().sort(function (a, b) { return (b.delta || 0) - (a.delta || 0); });
 
-  function showPrompt(k) {
-    if (!A.prompts || !A.prompts.length) { return; }
-    var P = A.prompts[k], m = byPrompt[P.prompt];
-    select.value = String(k);
-    detail.textContent = m ? (tok(P.prompt) + ": metric base " + fmt(m.base) + ", tuned " + fmt(m.tuned) +
-      ", tuned − base " + fmt(m.delta) + " (rank " + (ranked.indexOf(m) + 1) + " of " + ranked.length + " by change)")
-      : tok(P.prompt);
-    Array.prototype.forEach.call(document.querySelectorAll("#prompt-table tr[data-prompt]"), function (tr) {
-      tr.classList.toggle("selected", tr.getAttribute("data-prompt") === P.prompt);
-    });
+  var names = D.prompts.map(function (p) { return p.prompt; });
+  (A.prompts || []).forEach(function (P) { if (names.indexOf(P.prompt) < 0) { names.push(P.prompt); } });
+
+  function drawAttention(P) {
     attRoot.textContent = "";
+    if (!P) {
+      attRoot.appendChild(el("p", {"class": "meta"}, "No attention patterns stored for this prompt " +
+        "(tables/attention_patterns.csv holds the first prompts; rerun compare to add it)."));
+      return;
+    }
     A.heads.forEach(function (lh) {
       var key = lh[0] + "." + lh[1], box = el("div", {"class": "att-head"});
       box.appendChild(el("div", {"class": "hm-title"}, "L" + lh[0] + "H" + lh[1]));
@@ -106,22 +105,27 @@
       attRoot.appendChild(box);
     });
   }
-  if (A.prompts && A.prompts.length) {
-    A.prompts.forEach(function (P, k) { select.appendChild(el("option", {"value": String(k)}, P.prompt)); });
-    select.addEventListener("change", function () { showPrompt(Number(select.value)); });
+
+  function showPrompt(k) {
+    var name = names[k], m = byPrompt[name];
+    if (name === undefined) { return; }
+    select.value = String(k);
+    detail.textContent = m ? (tok(name) + ": metric base " + fmt(m.base) + ", tuned " + fmt(m.tuned) +
+      ", tuned − base " + fmt(m.delta) + " (rank " + (ranked.indexOf(m) + 1) + " of " + ranked.length + " by change)")
+      : tok(name);
+    Array.prototype.forEach.call(document.querySelectorAll("#prompt-table tr[data-prompt]"), function (tr) {
+      tr.classList.toggle("selected", tr.getAttribute("data-prompt") === name);
+    });
+    drawAttention((A.prompts || []).filter(function (P) { return P.prompt === name; })[0]);
   }
+  names.forEach(function (name, k) { select.appendChild(el("option", {"value": String(k)}, name)); });
+  select.addEventListener("change", function () { showPrompt(Number(select.value)); });
   var ptable = document.getElementById("prompt-table");
   ranked.forEach(function (p) {
     var tr = el("tr", {"data-prompt": p.prompt});
     tr.appendChild(el("td", {}, p.prompt));
     [p.base, p.tuned, p.delta].forEach(function (v) { tr.appendChild(el("td", {"class": "num"}, fmt(v))); });
-    tr.addEventListener("click", function () {
-      var k = (A.prompts || []).findIndex(function (P) { return P.prompt === p.prompt; });
-      if (k >= 0) { showPrompt(k); } else {
-        detail.textContent = tok(p.prompt) + ": metric base " + fmt(p.base) + ", tuned " + fmt(p.tuned) +
-          ", tuned − base " + fmt(p.delta) + " (no attention patterns stored for this prompt)";
-      }
-    });
+    tr.addEventListener("click", function () { showPrompt(names.indexOf(p.prompt)); });
     ptable.appendChild(tr);
   });
   showPrompt(0);
