@@ -181,3 +181,16 @@ def test_explore_view_is_interactive_offline(compare_dir):
         browser.close()
     assert errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+
+
+def test_training_report_draws_the_value_function_and_reward_minus_kl(tmp_path):
+    from rlhf_interp.plots.training import PANELS
+
+    run = tmp_path / "run"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "reports", "training"), run)
+    render(run)
+    html = (run / "report.html").read_text(encoding="utf-8")
+    titles = [title for title, _ in PANELS]
+    assert "value loss" in titles and "value explained variance" in titles
+    assert any("β·KL" in t for t in titles) and not any(t.startswith("KL coefficient") for t in titles)
+    assert "value loss" in html and (run / "figures" / "training_curves.png").stat().st_size > 10_000
