@@ -4,7 +4,7 @@
     run/base/            the starting model (HF)       run/eval.csv       the evaluation set, before/during/after
     run/tuned/           the trained policy (HF)       run/samples.jsonl  eval and rollout samples per logged update
     run/checkpoint/      trainer state for --resume    run/summary.json   before/after numbers, timings
-    run/curves.png       training curves
+    run/curves.png       training curves           run/prompts_{train,eval}.txt  the two prompt splits
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ class RunFiles:
             self.clear_first = False
         atomic_write_text(self.root / "config.toml", to_toml(cfg))
 
+    def write_prompts(self, train: list[str], evaluation: list[str]) -> None:
+        """The prompts each split used (prompts_train.txt, prompts_eval.txt), one per line."""
+        if self.write:
+            atomic_write_text(self.root / "prompts_train.txt", "".join(p + "\n" for p in dict.fromkeys(train)))
+            atomic_write_text(self.root / "prompts_eval.txt", "".join(p + "\n" for p in evaluation))
+
     def add_metrics(self, row: dict[str, Any]) -> None:
         self.metrics.append(row)
         self.flush()
@@ -89,6 +95,9 @@ class RunFiles:
             "steps": len(self.metrics),
             "episodes": len(self.metrics) * cfg.batch_size,
             "train_seconds": self.metrics[-1]["time_s"] if self.metrics else 0.0,
+            "eval_prompts": str(self.root / "prompts_eval.txt"),
+            "eval_held_out": not set(_lines(self.root / "prompts_eval.txt"))
+            & set(_lines(self.root / "prompts_train.txt")),
             "eval_before": before,
             "eval_after": after,
             "score_gain": after["score_mean"] - before["score_mean"],
@@ -102,6 +111,10 @@ class RunFiles:
             render_training(self.root)  # draws the curves once: figures/training_curves.png, also saved as curves.png
             atomic_write_bytes(self.root / "curves.png", (self.root / "figures" / "training_curves.png").read_bytes())
         return summary
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

@@ -36,7 +36,7 @@ from rlhf_interp.ppo import core, distributed
 from rlhf_interp.ppo.checkpoint import load_checkpoint, optimizer_from_flat, save_checkpoint
 from rlhf_interp.ppo.config import TrainConfig
 from rlhf_interp.ppo.distributed import Dist
-from rlhf_interp.ppo.evaluation import evaluate_policy
+from rlhf_interp.ppo.evaluation import evaluate_policy, split_prompts
 from rlhf_interp.ppo.rollout import Rollout, collect_rollout, forward_response, reward_texts
 from rlhf_interp.ppo.rundir import RunFiles
 from rlhf_interp.ppo.value_head import ValueHead, hidden_size
@@ -87,9 +87,14 @@ class PPOTrainer:
         prompts = load_prompts(cfg.prompts) if cfg.prompts else None
         self.reward_fn = get_reward(cfg.reward, label=cfg.classifier_label, output=cfg.classifier_output)
         self.policy, self.tokenizer = load_causal_lm(source, device=str(self.device))
-        self.prompts = prompts or default_prompts(self.tokenizer)
-        lengths = [len(prompt_token_ids(self.tokenizer, p)) for p in self.prompts]
-        check_fits_context(self.policy, self.prompts, lengths, cfg.response_length)
+        all_prompts = prompts or default_prompts(self.tokenizer)
+        if cfg.eval_prompts:  # evaluation on a file of its own; train on every prompt
+            self.prompts, self.eval_prompts = all_prompts, load_prompts(cfg.eval_prompts)
+        else:  # a held-out split of the prompts, never trained on (fraction 0 or one prompt: the training prompts)
+            self.prompts, self.eval_prompts = split_prompts(all_prompts, cfg.eval_fraction)
+        for group in (self.prompts, self.eval_prompts):
+            lengths = [len(prompt_token_ids(self.tokenizer, p)) for p in group]
+            check_fits_context(self.policy, group, lengths, cfg.response_length)
         # the frozen reference: the base model, never updated  # KL against the frozen base: N details #4
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.value_head = ValueHead(hidden_size(self.policy)).to(self.device)
@@ -126,6 +131,7 @@ class PPOTrainer:
         cfg, files, main = self.cfg, self.files, self.dist.is_main
         if main:
             files.start(cfg)
+            files.write_prompts(self.prompts, self.eval_prompts)
             recover_dir(files.checkpoint)
         self.dist.barrier()  # the other ranks read the checkpoint once rank 0 has recovered it
         if resume and files.checkpoint.exists():
@@ -205,7 +211,8 @@ class PPOTrainer:
         opt_stats = dist.mean_of_stats(self._optimise(r, advantages, returns), self.device)
         # 6. adapt beta on the global batch's mean per-sequence KL
         per_seq = dist.gather_rows(torch.stack([
-            r.scores, (k1 * r.mask).sum(-1), (k3 * r.mask).sum(-1), rewards.sum(-1), non_score.sum(-1),
+            r.scores, core.masked_sum(k1, r.mask, -1), core.masked_sum(k3, r.mask, -1), rewards.sum(-1),
+            non_score.sum(-1),
             r.mask.sum(-1).float(), r.has_eos.float(),
         ], dim=1))  # (batch, 7), every rank's episodes
         all_scores, kl_seq, kl3_seq, reward_total, reward_kl, lengths, has_eos = per_seq.unbind(1)
@@ -302,7 +309,8 @@ class PPOTrainer:
         result, error = None, None
         if self.dist.is_main:
             try:
-                result = evaluate_policy(self.policy, self.ref, self.tokenizer, self.prompts, self.cfg, self.reward_fn)
+                result = evaluate_policy(self.policy, self.ref, self.tokenizer, self.eval_prompts, self.cfg,
+                                         self.reward_fn)
             except RewardError as e:
                 error = str(e)
         result, error = self.dist.broadcast_object((result, error))
