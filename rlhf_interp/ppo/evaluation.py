@@ -49,7 +49,8 @@ def evaluate_policy(
     batch = eval_prompts(prompts, cfg.eval_samples_per_prompt)
     s, texts = sample_seeded(policy, tokenizer, batch, cfg.response_length, cfg.seed + 12_345,
                              temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
-    scored = [p + t for p, t in zip(batch, texts, strict=True)] if cfg.reward_text == "prompt+response" else texts
+    with_prompt = cfg.reward_text == "prompt+response" or getattr(reward_fn, "reads_prompt", False)
+    scored = [p + t for p, t in zip(batch, texts, strict=True)] if with_prompt else texts
     scores = torch.tensor(check_scores(cfg.reward, reward_fn, scored))
     ref_logits, _ = forward_response(ref, s.query_ids, s.query_mask, s.response_ids, cfg, filtered=False)
     k1, _ = kl_estimates(s.logprobs, logprobs_of(ref_logits, s.response_ids))

@@ -109,7 +109,8 @@ def collect_rollout(
     )
 
 
-def reward_texts(rollout: Rollout, cfg: TrainConfig) -> list[str]:
-    if cfg.reward_text == "prompt+response":
+def reward_texts(rollout: Rollout, cfg: TrainConfig, reward_fn: object = None) -> list[str]:
+    """What the reward scores: the responses, or prompt + response (`reward_text`, or a reward model)."""
+    if cfg.reward_text == "prompt+response" or getattr(reward_fn, "reads_prompt", False):
         return [p + t for p, t in zip(rollout.prompts, rollout.texts, strict=True)]
     return rollout.texts

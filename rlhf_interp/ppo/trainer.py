@@ -186,7 +186,7 @@ class PPOTrainer:
         # 2. score
         raw_scores, error = None, None
         try:
-            raw_scores = check_scores(cfg.reward, self.reward_fn, reward_texts(r, cfg))
+            raw_scores = check_scores(cfg.reward, self.reward_fn, reward_texts(r, cfg, self.reward_fn))
         except RewardError as e:
             error = str(e)
         errors = [e for e in dist.gather_objects(error) if e]
