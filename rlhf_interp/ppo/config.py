@@ -68,6 +68,7 @@ class TrainConfig:
     log_every: int = _f(5, "write samples.jsonl rows (eval set + some rollouts) every N updates")
     eval_samples_per_prompt: int = _f(16, "samples per evaluation prompt (before training, every log, at the end)")
     save_every: int = _f(10, "checkpoint (tuned model + trainer state) every N updates")
+    snapshot_every: int = _f(0, "keep the policy every K updates in snapshots/step-NNNNNN/ (HF; step 0 = base; 0: off)")
     max_bad_updates: int = _f(3, "consecutive NaN/inf updates tolerated (skipped) before the run stops")
 
 
@@ -75,7 +76,7 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 _POSITIVE = ("steps", "batch_size", "response_length", "ppo_epochs", "minibatches", "log_every", "save_every",
              "eval_samples_per_prompt", "temperature", "lr", "value_lr", "adam_eps", "cliprange", "cliprange_value",
              "max_grad_norm", "kl_horizon", "target_kl", "max_bad_updates")
-_NON_NEGATIVE = ("kl_coef", "vf_coef", "ent_coef", "weight_decay", "top_k", "missing_eos_penalty")
+_NON_NEGATIVE = ("snapshot_every", "kl_coef", "vf_coef", "ent_coef", "weight_decay", "top_k", "missing_eos_penalty")
 _UNIT = ("gamma", "lam")
 
 

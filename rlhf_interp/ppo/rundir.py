@@ -4,6 +4,7 @@
     run/base/            the starting model (HF)       run/eval.csv       the evaluation set, before/during/after
     run/tuned/           the trained policy (HF)       run/samples.jsonl  eval and rollout samples per logged update
     run/checkpoint/      trainer state for --resume    run/summary.json   before/after numbers, timings
+    run/snapshots/step-NNNNNN/  the policy every snapshot_every updates (HF; step-000000 is the base)
     run/curves.png       training curves           run/prompts_{train,eval}.txt  the two prompt splits
 """
 
@@ -37,6 +38,19 @@ class RunFiles:
     base = property(lambda self: self.root / "base")
     tuned = property(lambda self: self.root / "tuned")
     checkpoint = property(lambda self: self.root / "checkpoint")
+    snapshots = property(lambda self: self.root / "snapshots")
+
+    def snapshot(self, step: int) -> Path:
+        """snapshots/step-NNNNNN/: the policy after `step` updates (step 0: the base model)."""
+        return self.snapshots / f"step-{step:06d}"
+
+    def drop_snapshots_after(self, step: int) -> None:
+        """On resume: snapshots written after the checkpoint (a kill between them) are redone by the resumed run."""
+        if not self.write or not self.snapshots.is_dir():
+            return
+        for d in self.snapshots.glob("step-*"):
+            if d.name[5:].isdigit() and int(d.name[5:]) > step:
+                shutil.rmtree(d)
 
     def start(self, cfg: TrainConfig) -> None:
         """Called once models, prompts and reward have loaded: clear an overwritten run, save the resolved config."""

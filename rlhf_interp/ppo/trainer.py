@@ -136,8 +136,11 @@ class PPOTrainer:
         self.dist.barrier()  # the other ranks read the checkpoint once rank 0 has recovered it
         if resume and files.checkpoint.exists():
             self._load(files.checkpoint)
+            files.drop_snapshots_after(self.state.step)
         elif main:
             save_model(self.policy, self.tokenizer, files.base)
+        if main and cfg.snapshot_every and self.state.step == 0:
+            save_model(self.policy, self.tokenizer, files.snapshot(0))
         if not files.evals:  # the "before" numbers
             files.add_eval(0, self._evaluate())
         try:  # Ctrl-C finishes the current update and saves (only possible from the main thread)
@@ -245,6 +248,8 @@ class PPOTrainer:
             "time_s": self.state.elapsed_s,
         })
         distributed.maybe_record_digest(self.state.step, dist, self.model)  # tests: ranks stay identical
+        if cfg.snapshot_every and self.state.step % cfg.snapshot_every == 0 and dist.is_main:
+            save_model(self.policy, self.tokenizer, self.files.snapshot(self.state.step))
         if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
             self.files.add_samples(self.state.step, "rollout", all_prompts[:8], all_texts[:8],
                                    all_scores[:8].tolist())
