@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from rlhf_interp.errors import UserError
 from rlhf_interp.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
@@ -112,6 +113,8 @@ class RunFiles:
             "eval_prompts": str(self.root / "prompts_eval.txt"),
             "eval_held_out": not set(_lines(self.root / "prompts_eval.txt"))
             & set(_lines(self.root / "prompts_train.txt")),
+            "torch_threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
             "eval_before": before,
             "eval_after": after,
             "score_gain": after["score_mean"] - before["score_mean"],
