@@ -67,6 +67,7 @@ class TrainConfig:
     # logging and saving
     log_every: int = _f(5, "write samples.jsonl rows (eval set + some rollouts) every N updates")
     eval_samples_per_prompt: int = _f(16, "samples per evaluation prompt (before training, every log, at the end)")
+    log: str = _f("none", "extra metric sink besides metrics.csv: none | tensorboard | wandb (offline)")
     save_every: int = _f(10, "checkpoint (tuned model + trainer state) every N updates")
     snapshot_every: int = _f(0, "keep the policy every K updates in snapshots/step-NNNNNN/ (HF; step 0 = base; 0: off)")
     max_bad_updates: int = _f(3, "consecutive NaN/inf updates tolerated (skipped) before the run stops")
@@ -123,9 +124,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(
             f"config 'batch_size' ({cfg.batch_size}) must be divisible by 'minibatches' ({cfg.minibatches})"
         )
-    for name, choices in (("reward_text", ("response", "prompt+response")), ("classifier_output", ("prob", "logit"))):
+    for name, choices in (("reward_text", ("response", "prompt+response")), ("classifier_output", ("prob", "logit")),
+                          ("log", ("none", "tensorboard", "wandb"))):
         if getattr(cfg, name) not in choices:
-            raise UserError(f"config '{name}' must be '{choices[0]}' or '{choices[1]}', got {getattr(cfg, name)!r}")
+            raise UserError(f"config '{name}' must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise UserError(f"config 'device' must be auto, cpu or cuda, got {cfg.device!r}")
     return cfg

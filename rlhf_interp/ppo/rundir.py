@@ -35,6 +35,7 @@ class RunFiles:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    sink: Any = None  # rlhf_interp.ppo.loggers.Logger on rank 0 (tensorboard / wandb), set by the trainer
 
     base = property(lambda self: self.root / "base")
     tuned = property(lambda self: self.root / "tuned")
@@ -72,16 +73,24 @@ class RunFiles:
     def add_metrics(self, row: dict[str, Any]) -> None:
         self.metrics.append(row)
         self.flush()
+        if self.sink is not None:
+            self.sink.metrics(row["step"], row)
 
     def add_samples(self, step: int, split: str, prompts: list[str], texts: list[str], scores: list[float]) -> None:
-        self.samples += [{"step": step, "split": split, "prompt": p, "response": t, "score": s}
-                         for p, t, s in zip(prompts, texts, scores, strict=True)]
+        rows = [{"step": step, "split": split, "prompt": p, "response": t, "score": s}
+                for p, t, s in zip(prompts, texts, scores, strict=True)]
+        self.samples += rows
+        if self.sink is not None:
+            self.sink.samples(step, rows)
 
     def add_eval(self, step: int, result: dict[str, Any]) -> None:
         self.evals.append({"step": step, **{k: v for k, v in result.items() if k != "samples"}})
-        for row in result["samples"]:
-            self.samples.append({"step": step, "split": "eval", **row})
+        rows = [{"step": step, "split": "eval", **row} for row in result["samples"]]
+        self.samples += rows
         self.flush()
+        if self.sink is not None:
+            self.sink.evaluation(step, self.evals[-1])
+            self.sink.samples(step, rows[:16])
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         return {"metrics": self.metrics, "evals": self.evals, "samples": self.samples}

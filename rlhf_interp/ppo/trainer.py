@@ -18,6 +18,7 @@ On several processes (torchrun) each rank rolls out its share of the batch and t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import signal
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from rlhf_interp.ppo.checkpoint import load_checkpoint, optimizer_from_flat, sav
 from rlhf_interp.ppo.config import TrainConfig
 from rlhf_interp.ppo.distributed import Dist
 from rlhf_interp.ppo.evaluation import evaluate_policy, split_prompts
+from rlhf_interp.ppo.loggers import make_logger
 from rlhf_interp.ppo.rollout import Rollout, collect_rollout, forward_response, reward_texts
 from rlhf_interp.ppo.rundir import RunFiles
 from rlhf_interp.ppo.value_head import ValueHead, hidden_size
@@ -141,6 +143,17 @@ class PPOTrainer:
             save_model(self.policy, self.tokenizer, files.base)
         if main and cfg.snapshot_every and self.state.step == 0:
             save_model(self.policy, self.tokenizer, files.snapshot(0))
+        if main and cfg.log != "none":
+            files.sink = make_logger(cfg.log, files.root, self.state.step, dataclasses.asdict(cfg), resume)
+        try:
+            return self._train_loop(files)
+        finally:
+            if files.sink is not None:
+                files.sink.close()
+                files.sink = None
+
+    def _train_loop(self, files: RunFiles) -> dict[str, Any]:
+        cfg, main = self.cfg, self.dist.is_main
         if not files.evals:  # the "before" numbers
             files.add_eval(0, self._evaluate())
         try:  # Ctrl-C finishes the current update and saves (only possible from the main thread)
