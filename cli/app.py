@@ -169,7 +169,7 @@ def compare(
     base: Annotated[str, typer.Argument(help="Base model: HF directory, 'embedded', hub name, or a run directory.")],
     tuned: Annotated[str | None, typer.Argument(help="Tuned model (omit when BASE is a run directory).")] = None,
     prompts: Annotated[Path | None, typer.Option(help="Prompt file; default: the model's default prompt set.")] = None,
-    metric: Annotated[str, typer.Option(help="logit_diff (default) or target:TEXT.")] = "logit_diff",
+    metric: Annotated[str, typer.Option(help="logit_diff (default), target:TEXT or reward:DIR.")] = "logit_diff",
     analyses: Annotated[str, typer.Option(help="Comma-separated analyses, or 'all'.")] = "all",
     out: Annotated[Path | None, typer.Option(help="Output directory (default compare-out/<tuned name>).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling and bootstrap.")] = 0,

@@ -154,3 +154,22 @@ def test_eval_prompts_file(tmp_path):
     assert len(ev) == 2
     rows = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert {r["prompt"] for r in rows if r["split"] == "eval"} == {"The acting was", "The plot is"}
+
+
+def test_compare_behaviour_counts_an_eos_in_the_last_position(tiny_gpt2_dir):
+    """compare's behaviour table: a response whose only token is EOS has an EOS (the old rule said it had none)."""
+    from types import SimpleNamespace
+
+    from rlhf_interp.analysis.behaviour import behaviour
+    from rlhf_interp.models import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_gpt2_dir))
+    with torch.no_grad():  # final LN outputs its bias only: logits = W_E · (1000 * e_EOS), EOS is the argmax
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(1000 * model.transformer.wte.weight[tok.eos_token_id])
+    run = lambda ids: model(ids).logits  # noqa: E731
+    pair = SimpleNamespace(prompts=["a b", "c"], tokenizer=tok, device="cpu", hf=lambda name: model,
+                           release_hf=lambda: None, base=run, tuned=run)
+    tables = behaviour(pair, reward="vader", samples_per_prompt=2, new_tokens=1)
+    assert tables["behaviour"].eos.all() and (tables["behaviour"].length == 1).all()
+    assert (tables["behaviour_summary"].eos_rate == 1.0).all()
