@@ -90,7 +90,8 @@ def train(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="TOML file of config keys (flat or a [train] table).")] = None,
     model: Annotated[str | None, typer.Option(help="'embedded' (default), a local HF directory or a hub name.")] = None,
-    reward: Annotated[str | None, typer.Option(help="vader | periods | imdb | classifier:DIR | python:mod:fn")] = None,
+    reward: Annotated[str | None, typer.Option(help="vader | periods | imdb | classifier:DIR | rm:DIR | "
+                                                             "python:mod:fn")] = None,
     prompts: Annotated[str | None, typer.Option(help="Prompt file; default: the model's default prompt set.")] = None,
     out: Annotated[str | None, typer.Option(help="Run directory (default runs/<model>-<reward>-s<seed>).")] = None,
     steps: Annotated[int | None, typer.Option(help="PPO updates.")] = None,
@@ -129,6 +130,34 @@ def train(
     typer.echo(f"report: {Path(summary['run']) / 'report.html'}")
 
 
+@app.command("reward-model")
+def reward_model(
+    out: Annotated[Path, typer.Option(help="Directory to write the reward model to (HF format).")],
+    pairs: Annotated[str, typer.Option(help="JSONL of chosen/rejected(/prompt) pairs, or 'movie-reviews' (the "
+                                            "built-in set).")] = "movie-reviews",
+    model: Annotated[str, typer.Option(help="Model to initialise from (default: the embedded policy base).")
+                     ] = "embedded",
+    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Pairs per optimizer step.")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    eval_fraction: Annotated[float, typer.Option(help="Share of pairs held out for accuracy.")] = 0.1,
+    max_pairs: Annotated[int, typer.Option(help="Use at most this many pairs (0: all).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the split, head init and batch order.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT.")] = False,
+) -> None:
+    """Train a Bradley-Terry reward model from preference pairs; use it with `train --reward rm:OUT`."""
+    from rlhf_interp.rewards.reward_model import RMConfig, train_reward_model
+
+    card = train_reward_model(RMConfig(pairs=pairs, out=str(out), model=model, epochs=epochs, batch_size=batch_size,
+                                       lr=lr, eval_fraction=eval_fraction, max_pairs=max_pairs, seed=seed),
+                              overwrite=overwrite)
+    b, a = card["heldout_before"], card["heldout_after"]
+    typer.echo(f"{card['train_pairs']} training pairs, {card['heldout_pairs']} held out: accuracy "
+               f"{b['accuracy']:.3f} -> {a['accuracy']:.3f}, mean margin {b['margin_mean']:+.3f} -> "
+               f"{a['margin_mean']:+.3f}")
+    typer.echo(f"reward model written to {out}; train with: rlhf-interp train --reward rm:{out}")
+
+
 def _launch_torchrun(nproc: int) -> int:
     """`rlhf-interp train --nproc N ...` = `torchrun --standalone --nproc-per-node N -m rlhf_interp.cli train ...`."""
     import subprocess
@@ -162,7 +191,7 @@ def compare(
     tuned: Annotated[str | None, typer.Argument(
         metavar="TUNED", help="Tuned model (omit when BASE is a run directory).")] = None,
     prompts: Annotated[Path | None, typer.Option(help="Prompt file; default: the model's default prompt set.")] = None,
-    metric: Annotated[str, typer.Option(help="logit_diff (default) or target:TEXT.")] = "logit_diff",
+    metric: Annotated[str, typer.Option(help="logit_diff (default), target:TEXT or reward:DIR.")] = "logit_diff",
     analyses: Annotated[str, typer.Option(help="Comma-separated analyses, or 'all': " + _analysis_names())] = "all",
     out: Annotated[Path | None, typer.Option(help="Output directory (default compare-out/<tuned name>).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling and bootstrap.")] = 0,

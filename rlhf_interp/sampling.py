@@ -113,6 +113,14 @@ def truncate_at_eos(responses: Tensor, eos_token_id: int | None) -> Tensor:
     return eos_before == 0
 
 
+def has_eos(response_ids: Tensor, response_mask: Tensor, eos_token_id: int | None) -> Tensor:
+    """(batch,) bool: the response contains an EOS (its last real token). Not `mask.sum() < resp`, which misses a
+    response whose first EOS is the last sampled token (the mask is then all True)."""
+    if eos_token_id is None:
+        return torch.zeros(response_ids.shape[0], dtype=torch.bool, device=response_ids.device)
+    return ((response_ids == eos_token_id) & response_mask).any(-1)
+
+
 def cache_keyword(model: PreTrainedModel) -> str:
     """The KV-cache argument and output field: `cache` in newer transformers 5.x, `past_key_values` before."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

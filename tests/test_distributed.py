@@ -24,7 +24,7 @@ ARGS = ["--steps", "4", "--batch-size", "8", "--minibatches", "2", "--ppo-epochs
          "--whiten-scores", "--adaptive-kl"]
 TRAIN = ["train", "--nproc", "2", *ARGS]
 OUTPUTS = {"base", "checkpoint", "config.toml", "curves.png", "eval.csv", "figures", "metrics.csv", "report.html",
-           "samples.jsonl", "summary.json", "tuned"}
+           "samples.jsonl", "summary.json", "tuned", "prompts_train.txt", "prompts_eval.txt"}
 
 
 def _free_port() -> int:

@@ -29,6 +29,9 @@ def small(tmp_path, **kw):
 def test_ratio_is_one_before_the_first_update(tmp_path):
     cfg = validate(TrainConfig(out=str(tmp_path), batch_size=8, response_length=16, temperature=0.7, top_k=50))
     trainer = PPOTrainer(cfg, RunFiles(tmp_path))
+    with torch.no_grad():  # a non-zero value head, so that "rollout values == recomputed values" is not 0 == 0
+        torch.nn.init.normal_(trainer.value_head.summary.weight, std=0.5)
+        trainer.value_head.summary.bias.fill_(0.3)
     r = collect_rollout(trainer.policy, trainer.ref, trainer.value_head, trainer.tokenizer, trainer.prompts[:8], cfg,
                         torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -38,10 +41,16 @@ def test_ratio_is_one_before_the_first_update(tmp_path):
     assert (logp - r.logprobs)[r.mask].abs().max().item() < 1e-4
     assert stats["approx_kl"].item() < 1e-8 and stats["clipfrac"].item() == 0.0
     assert abs(stats["ratio"].item() - 1) < 1e-5
-    # policy == reference before training: KL exactly ~0 on real tokens
-    assert (r.logprobs - r.ref_logprobs)[r.mask].abs().max().item() < 1e-4
-    # the value head is zero-initialised, and the rollout's values equal the recomputed ones
-    assert masked_mean(trainer.value_head(hidden).abs(), r.mask).item() == 0.0
+    # policy == reference before training: the reference is scored with temperature only (no top-k), so the
+    # per-token k1 is exactly -log(reference mass of the top-k set) >= 0
+    ref_filtered = logprobs_of(forward_response(trainer.ref, r.query_ids, r.query_mask, r.response_ids, cfg)[0],
+                               r.response_ids)
+    assert (r.logprobs - ref_filtered)[r.mask].abs().max().item() < 1e-4
+    assert (r.logprobs - r.ref_logprobs)[r.mask].min().item() > -1e-5
+    # the rollout's values (from the sampling passes) equal the values recomputed from one full forward
+    values = trainer.value_head(hidden)
+    assert masked_mean(values.abs(), r.mask).item() > 0.1 and values[r.mask].std().item() > 0.01
+    assert (values - r.values)[r.mask].abs().max().item() < 1e-4
     assert r.mask[:, 0].all()
 
 

@@ -11,6 +11,7 @@ import torch
 from rlhf_interp.analysis.pair import ModelPair
 from rlhf_interp.rewards import check_scores, get_reward
 from rlhf_interp.sampling import Samples, sample_seeded
+from rlhf_interp.sampling import has_eos as ends_with_eos
 from rlhf_interp.text_stats import distinct_n, repetition_rate
 
 
@@ -25,7 +26,7 @@ def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 
         pair.release_hf()  # the HF copy is only for sampling: never two in memory
         scores = check_scores(reward, reward_fn, texts)
         lengths = s.response_mask.sum(-1)
-        has_eos = lengths < s.response_mask.shape[1]
+        has_eos = ends_with_eos(s.response_ids, s.response_mask, pair.tokenizer.eos_token_id)
         for i, (p, t, sc) in enumerate(zip(batch, texts, scores, strict=True)):
             rows.append({"model": model_name, "sample": i, "prompt": p, "response": t, "reward": sc,
                          "length": int(lengths[i]), "eos": bool(has_eos[i])})

@@ -119,4 +119,91 @@ def build_metric(
         if not ids:
             raise UserError("metric target:TEXT needs a non-empty TEXT (e.g. 'target: great')")
         return Metric(f"target:{text}", target=text, target_ids=list(ids))
-    raise UserError(f"unknown metric {spec!r}; use logit_diff or target:TEXT")
+    if spec.startswith("reward:"):
+        return RewardMetric(spec, directory=spec[len("reward:"):])
+    raise UserError(f"unknown metric {spec!r}; use logit_diff, target:TEXT or reward:DIR")
+
+
+@dataclass
+class RewardMetric(Metric):
+    """`reward:DIR`: a reward model's normalised score, (w · h + b - mean) / std, with h the final-LN hidden state of
+    the prompt's last token (as the RM reads it; `rlhf_interp.rewards.reward_model`). On the RM's own trunk (e.g.
+    `compare BASE RM_DIR --metric reward:RM_DIR`) it is exactly the RM's score; on another model of the same width it
+    is the RM's head read on that model's residual stream.
+
+    Analyses compute metrics from logits, so the head is written through the unembedding: a vector c over the
+    vocabulary with W_U c = w for *both* models' unembeddings and Σ c = 0 (the bridges centre logits), found by
+    minimum-norm least squares in float64. Then logits · c = h · W_U c = w · h exactly, the metric is linear in the
+    final residual (DLA and the logit lens decompose it) and `bind` verifies it against a direct computation.
+    """
+
+    directory: str = ""
+    readout: Tensor | None = None  # c, (vocab,)
+    offset: float = 0.0  # (b - mean) / std
+
+    @property
+    def linear(self) -> bool:
+        return True
+
+    @property
+    def vocab_ids(self) -> list[int] | None:
+        return None  # every column
+
+    def bind(self, pair: object) -> None:
+        """Solve for c from the two HF models' unembeddings and check it on the first prompt group."""
+        from rlhf_interp.rewards.reward_model import load_reward_model, score_head
+
+        rm, _tok, norm = load_reward_model(self.directory)
+        head = score_head(rm)
+        std = max(float(norm["std"]), 1e-8)
+        w = head.weight.detach().double()[0] / std
+        self.offset = ((float(head.bias) if head.bias is not None else 0.0) - float(norm["mean"])) / std
+        del rm
+        rows, targets, hf_models = [], [], {}
+        for name in ("base", "tuned"):
+            hf = pair.hf(name)  # type: ignore[attr-defined]
+            out_emb = hf.get_output_embeddings()
+            W = out_emb.weight.detach().double()  # (vocab, d)
+            if W.shape[1] != w.shape[0]:
+                raise UserError(f"metric reward:{self.directory}: the reward model is {w.shape[0]} wide, the models "
+                                f"{W.shape[1]}: it must share their architecture (train it from the base model)")
+            if getattr(out_emb, "bias", None) is not None and out_emb.bias.abs().max() > 0:
+                raise UserError(f"metric reward:{self.directory}: unembeddings with a bias are not supported")
+            rows.append(W.T)
+            targets.append(w)
+            hf_models[name] = hf
+        ones = torch.ones(1, rows[0].shape[1], dtype=torch.float64)
+        A = torch.cat([*rows, ones])  # (2d + 1, vocab)
+        y = torch.cat([*targets, torch.zeros(1, dtype=torch.float64)])
+        c = torch.linalg.lstsq(A, y.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
+        err = ((A @ c - y).norm() / y.norm()).item()
+        if not err < 1e-6:
+            raise UserError(f"metric reward:{self.directory}: the reward head cannot be written through these "
+                            f"unembeddings (relative residual {err:.1e}; the vocabulary must exceed 2 x d_model)")
+        self.readout = c.float().to(pair.device)  # type: ignore[attr-defined]
+        # check against the head applied to each HF model's own final hidden state
+        _idx, tokens = pair.groups[0]  # type: ignore[attr-defined]
+        for name, hf in hf_models.items():
+            with torch.no_grad():
+                h = hf(input_ids=tokens, output_hidden_states=True).hidden_states[-1][:, -1].double()
+                direct = (h @ w + self.offset).float()
+                via = self(pair.model(name)(tokens))  # type: ignore[attr-defined]
+            gap = (via - direct).abs().max().item()
+            if not gap <= 1e-3 * max(1.0, direct.abs().max().item()):
+                raise UserError(f"metric reward:{self.directory}: readout through the {name} unembedding differs "
+                                f"from the direct score by {gap:.2e}")
+        pair.release_hf()  # type: ignore[attr-defined]
+
+    def on_columns(self, columns: Tensor) -> Tensor:
+        return self(columns)
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        if self.readout is None:
+            raise RuntimeError("RewardMetric used before bind(pair)")
+        return (logits[:, -1, :].double() @ self.readout.double() + self.offset).to(logits.dtype)
+
+    def direction(self, W_U: Tensor, b_U: Tensor | None) -> tuple[Tensor, float]:
+        assert self.readout is not None
+        c = self.readout.to(W_U.device, W_U.dtype)
+        bias = self.offset + (0.0 if b_U is None else float(b_U @ c))
+        return W_U @ c, bias

@@ -137,7 +137,10 @@ def load_pair(base_source: ModelSource, tuned_source: ModelSource, prompts: list
     metric = build_metric(metric_spec, base_tok, positive, negative)
     groups = group_prompts(base_tok, prompts, metric, int(base.cfg.n_ctx), device)
     torch.set_grad_enabled(True)
-    return ModelPair(base_source, tuned_source, base, tuned, base_tok, prompts, metric, groups, device)
+    pair = ModelPair(base_source, tuned_source, base, tuned, base_tok, prompts, metric, groups, device)
+    if hasattr(metric, "bind"):  # reward:DIR reads the models' unembeddings
+        metric.bind(pair)
+    return pair
 
 
 @torch.no_grad()

@@ -30,6 +30,8 @@ class TrainConfig:
     classifier_label: str = _f("", "classifier reward: label name or index to score (default: the last label)")
     classifier_output: str = _f("prob", "classifier reward: 'prob' (softmax probability) or 'logit' (raw logit)")
     prompts: str = _f("", "prompt file (one per line or JSONL); empty: the default prompt set")
+    eval_prompts: str = _f("", "evaluation prompt file; empty: hold out eval_fraction of the prompts")
+    eval_fraction: float = _f(0.25, "share of the unique prompts held out for evaluation when no eval_prompts file")
     out: str = _f("", "run directory; empty: runs/<model>-<reward>-s<seed>")
     seed: int = _f(0, "seed of every random generator")
     device: str = _f("auto", "auto | cpu | cuda")
@@ -65,8 +67,10 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "gradient clipping (global L2 norm)")
     # logging and saving
     log_every: int = _f(5, "write samples.jsonl rows (eval set + some rollouts) every N updates")
-    eval_samples_per_prompt: int = _f(4, "samples per evaluation prompt (before training, every log, at the end)")
+    eval_samples_per_prompt: int = _f(16, "samples per evaluation prompt (before training, every log, at the end)")
+    log: str = _f("none", "extra metric sink besides metrics.csv: none | tensorboard | wandb (offline)")
     save_every: int = _f(10, "checkpoint (tuned model + trainer state) every N updates")
+    snapshot_every: int = _f(0, "keep the policy every K updates in snapshots/step-NNNNNN/ (HF; step 0 = base; 0: off)")
     max_bad_updates: int = _f(3, "consecutive NaN/inf updates tolerated (skipped) before the run stops")
 
 
@@ -74,7 +78,7 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 _POSITIVE = ("steps", "batch_size", "response_length", "ppo_epochs", "minibatches", "log_every", "save_every",
              "eval_samples_per_prompt", "temperature", "lr", "value_lr", "adam_eps", "cliprange", "cliprange_value",
              "max_grad_norm", "kl_horizon", "target_kl", "max_bad_updates")
-_NON_NEGATIVE = ("kl_coef", "vf_coef", "ent_coef", "weight_decay", "top_k", "missing_eos_penalty")
+_NON_NEGATIVE = ("snapshot_every", "kl_coef", "vf_coef", "ent_coef", "weight_decay", "top_k", "missing_eos_penalty")
 _UNIT = ("gamma", "lam")
 
 
@@ -112,19 +116,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if not (value >= 0 and math.isfinite(value)):
             raise UserError(f"config '{name}' must be >= 0, got {value}")
-    for name in _UNIT:
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise UserError(f"config '{name}' must be in [0, 1], got {getattr(cfg, name)}")
-    if not 0 < cfg.top_p <= 1:
-        raise UserError(f"config 'top_p' must be in (0, 1], got {cfg.top_p}")
+    ranges = [(name, 0 <= getattr(cfg, name) <= 1, "[0, 1]") for name in _UNIT]
+    ranges += [("eval_fraction", 0 <= cfg.eval_fraction < 1, "[0, 1)"), ("top_p", 0 < cfg.top_p <= 1, "(0, 1]")]
+    for name, ok, allowed in ranges:
+        if not ok:
+            raise UserError(f"config '{name}' must be in {allowed}, got {getattr(cfg, name)}")
     if cfg.batch_size % cfg.minibatches:
         raise UserError(
             f"config 'batch_size' ({cfg.batch_size}) must be divisible by 'minibatches' ({cfg.minibatches})"
         )
-    if cfg.reward_text not in ("response", "prompt+response"):
-        raise UserError(f"config 'reward_text' must be 'response' or 'prompt+response', got {cfg.reward_text!r}")
-    if cfg.classifier_output not in ("prob", "logit"):
-        raise UserError(f"config 'classifier_output' must be 'prob' or 'logit', got {cfg.classifier_output!r}")
+    for name, choices in (("reward_text", ("response", "prompt+response")), ("classifier_output", ("prob", "logit")),
+                          ("log", ("none", "tensorboard", "wandb"))):
+        if getattr(cfg, name) not in choices:
+            raise UserError(f"config '{name}' must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise UserError(f"config 'device' must be auto, cpu or cuda, got {cfg.device!r}")
     return cfg

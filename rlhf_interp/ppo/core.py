@@ -15,12 +15,22 @@ from torch import Tensor
 
 
 # --- masked statistics ---------------------------------------------------------------------------------------------
+def masked_fill_zero(x: Tensor, mask: Tensor) -> Tensor:
+    """`x` where `mask` is True, 0 elsewhere. A select, not `x * mask`: an inf or NaN on a masked-out position (a
+    padded token's log-prob under a top-k/top-p filter is -inf) must not become NaN (inf * 0), in values or grads."""
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of `x` over positions where `mask` is True (over all of them, or along `dim`)."""
+    x = masked_fill_zero(x, mask)
+    return x.sum() if dim is None else x.sum(dim)
+
+
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Mean of `x` over positions where `mask` is True (over all of them, or along `dim`)."""
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+    count = mask.to(x.dtype).sum() if dim is None else mask.to(x.dtype).sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
@@ -42,7 +52,7 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return whitened * mask.to(x.dtype)
+    return masked_fill_zero(whitened, mask)
 
 
 # --- log-probs, entropy, KL ---------------------------------------------------------------------------------------
@@ -52,10 +62,15 @@ def logprobs_of(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the categorical distribution per position; -inf logits (top-k/top-p) contribute 0."""
+    """Entropy of the categorical distribution per position; -inf logits (top-k/top-p) contribute 0.
+
+    The -inf log-probs are replaced by 0 *before* the product: `where(p > 0, p * logp, 0)` has the right value but
+    a NaN gradient (d(p * logp)/dp = logp = -inf, times the 0 that `where` sends back), which `ent_coef > 0` hits.
+    """
     logp = logits.log_softmax(-1)
     p = logp.exp()
-    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+    safe_logp = torch.where(p > 0, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+    return -(p * safe_logp).sum(-1)
 
 
 def kl_estimates(logp: Tensor, ref_logp: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,7 +97,7 @@ def compute_rewards(scores: Tensor, kl: Tensor, kl_coef: float, mask: Tensor) ->
     # reward = score at the last token - beta * KL per token: Ziegler et al. 2019, eq. 2; N details #4
     Returns (rewards, non_score_rewards), both (batch, resp) and zero on padding.
     """
-    non_score = -kl_coef * kl * mask.to(kl.dtype)
+    non_score = masked_fill_zero(-kl_coef * kl, mask)
     rewards = non_score.clone()
     rows = torch.arange(len(scores), device=scores.device)
     rewards[rows, last_token_index(mask)] += scores
@@ -97,8 +112,7 @@ def compute_gae(
     Values and rewards past the end of a response are zeroed, so the last real token bootstraps from 0.
     # GAE: Schulman et al. 2016, eq. 16; returns = advantages + values (CleanRL, TRL)
     """
-    m = mask.to(values.dtype)
-    values, rewards = values * m, rewards * m
+    values, rewards = masked_fill_zero(values, mask), masked_fill_zero(rewards, mask)
     resp = rewards.shape[-1]
     last_gae = torch.zeros_like(rewards[:, 0])
     advantages_reversed = []
@@ -107,8 +121,8 @@ def compute_gae(
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         last_gae = delta + gamma * lam * last_gae
         advantages_reversed.append(last_gae)
-    advantages = torch.stack(advantages_reversed[::-1], dim=1) * m
-    return advantages, (advantages + values) * m
+    advantages = masked_fill_zero(torch.stack(advantages_reversed[::-1], dim=1), mask)
+    return advantages, masked_fill_zero(advantages + values, mask)
 
 
 def clipped_policy_loss(
@@ -168,7 +182,8 @@ class KLController:
     horizon: float = 10_000
 
     def update(self, current_kl: float, n_steps: int) -> None:
-        if self.target is None:
+        """One controller step; a non-finite KL (a broken rollout) leaves beta unchanged rather than making it NaN."""
+        if self.target is None or not math.isfinite(current_kl):
             return
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon

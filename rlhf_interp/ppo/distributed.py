@@ -81,8 +81,8 @@ class Dist:
         if not self.active:
             return core.masked_mean(x, mask), core.masked_var(x, mask)
         m = mask.to(torch.float64)
-        x64 = x.detach().to(torch.float64)
-        sums = self.all_sum(torch.stack([(x64 * m).sum(), (x64 * x64 * m).sum(), m.sum()]))
+        x64 = core.masked_fill_zero(x.detach().to(torch.float64), mask)  # a select: inf/NaN on padding stays out
+        sums = self.all_sum(torch.stack([x64.sum(), (x64 * x64).sum(), m.sum()]))
         s, ss, n = sums.unbind()
         mean = s / n.clamp(min=1)
         var = (ss / n.clamp(min=1) - mean * mean).clamp(min=0) * n / (n - 1).clamp(min=1)
@@ -96,7 +96,7 @@ class Dist:
         if not self.active:
             return core.masked_whiten(x, mask, eps=eps)
         mean, var = self.masked_moments(x, mask)
-        return (x - mean) * torch.rsqrt(var + eps) * mask.to(x.dtype)
+        return core.masked_fill_zero((x - mean) * torch.rsqrt(var + eps), mask)
 
     def explained_variance(self, values: Tensor, returns: Tensor, mask: Tensor) -> float:
         if not self.active:

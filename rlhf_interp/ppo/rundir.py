@@ -4,7 +4,8 @@
     run/base/            the starting model (HF)       run/eval.csv       the evaluation set, before/during/after
     run/tuned/           the trained policy (HF)       run/samples.jsonl  eval and rollout samples per logged update
     run/checkpoint/      trainer state for --resume    run/summary.json   before/after numbers, timings
-    run/curves.png       training curves
+    run/snapshots/step-NNNNNN/  the policy every snapshot_every updates (HF; step-000000 is the base)
+    run/curves.png       training curves           run/prompts_{train,eval}.txt  the two prompt splits
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from rlhf_interp.errors import UserError
 from rlhf_interp.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir, write_table
@@ -33,10 +35,24 @@ class RunFiles:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    sink: Any = None  # rlhf_interp.ppo.loggers.Logger on rank 0 (tensorboard / wandb), set by the trainer
 
     base = property(lambda self: self.root / "base")
     tuned = property(lambda self: self.root / "tuned")
     checkpoint = property(lambda self: self.root / "checkpoint")
+    snapshots = property(lambda self: self.root / "snapshots")
+
+    def snapshot(self, step: int) -> Path:
+        """snapshots/step-NNNNNN/: the policy after `step` updates (step 0: the base model)."""
+        return self.snapshots / f"step-{step:06d}"
+
+    def drop_snapshots_after(self, step: int) -> None:
+        """On resume: snapshots written after the checkpoint (a kill between them) are redone by the resumed run."""
+        if not self.write or not self.snapshots.is_dir():
+            return
+        for d in self.snapshots.glob("step-*"):
+            if d.name[5:].isdigit() and int(d.name[5:]) > step:
+                shutil.rmtree(d)
 
     def start(self, cfg: TrainConfig) -> None:
         """Called once models, prompts and reward have loaded: clear an overwritten run, save the resolved config."""
@@ -48,19 +64,33 @@ class RunFiles:
             self.clear_first = False
         atomic_write_text(self.root / "config.toml", to_toml(cfg))
 
+    def write_prompts(self, train: list[str], evaluation: list[str]) -> None:
+        """The prompts each split used (prompts_train.txt, prompts_eval.txt), one per line."""
+        if self.write:
+            atomic_write_text(self.root / "prompts_train.txt", "".join(p + "\n" for p in dict.fromkeys(train)))
+            atomic_write_text(self.root / "prompts_eval.txt", "".join(p + "\n" for p in evaluation))
+
     def add_metrics(self, row: dict[str, Any]) -> None:
         self.metrics.append(row)
         self.flush()
+        if self.sink is not None:
+            self.sink.metrics(row["step"], row)
 
     def add_samples(self, step: int, split: str, prompts: list[str], texts: list[str], scores: list[float]) -> None:
-        self.samples += [{"step": step, "split": split, "prompt": p, "response": t, "score": s}
-                         for p, t, s in zip(prompts, texts, scores, strict=True)]
+        rows = [{"step": step, "split": split, "prompt": p, "response": t, "score": s}
+                for p, t, s in zip(prompts, texts, scores, strict=True)]
+        self.samples += rows
+        if self.sink is not None:
+            self.sink.samples(step, rows)
 
     def add_eval(self, step: int, result: dict[str, Any]) -> None:
         self.evals.append({"step": step, **{k: v for k, v in result.items() if k != "samples"}})
-        for row in result["samples"]:
-            self.samples.append({"step": step, "split": "eval", **row})
+        rows = [{"step": step, "split": "eval", **row} for row in result["samples"]]
+        self.samples += rows
         self.flush()
+        if self.sink is not None:
+            self.sink.evaluation(step, self.evals[-1])
+            self.sink.samples(step, rows[:16])
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         return {"metrics": self.metrics, "evals": self.evals, "samples": self.samples}
@@ -89,6 +119,11 @@ class RunFiles:
             "steps": len(self.metrics),
             "episodes": len(self.metrics) * cfg.batch_size,
             "train_seconds": self.metrics[-1]["time_s"] if self.metrics else 0.0,
+            "eval_prompts": str(self.root / "prompts_eval.txt"),
+            "eval_held_out": not set(_lines(self.root / "prompts_eval.txt"))
+            & set(_lines(self.root / "prompts_train.txt")),
+            "torch_threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
             "eval_before": before,
             "eval_after": after,
             "score_gain": after["score_mean"] - before["score_mean"],
@@ -102,6 +137,10 @@ class RunFiles:
             render_training(self.root)  # draws the curves once: figures/training_curves.png, also saved as curves.png
             atomic_write_bytes(self.root / "curves.png", (self.root / "figures" / "training_curves.png").read_bytes())
         return summary
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

@@ -18,6 +18,7 @@ On several processes (torchrun) each rank rolls out its share of the batch and t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import signal
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from rlhf_interp.ppo import core, distributed
 from rlhf_interp.ppo.checkpoint import load_checkpoint, optimizer_from_flat, save_checkpoint
 from rlhf_interp.ppo.config import TrainConfig
 from rlhf_interp.ppo.distributed import Dist
-from rlhf_interp.ppo.evaluation import evaluate_policy
+from rlhf_interp.ppo.evaluation import evaluate_policy, split_prompts
+from rlhf_interp.ppo.loggers import make_logger
 from rlhf_interp.ppo.rollout import Rollout, collect_rollout, forward_response, reward_texts
 from rlhf_interp.ppo.rundir import RunFiles
 from rlhf_interp.ppo.value_head import ValueHead, hidden_size
@@ -87,9 +89,14 @@ class PPOTrainer:
         prompts = load_prompts(cfg.prompts) if cfg.prompts else None
         self.reward_fn = get_reward(cfg.reward, label=cfg.classifier_label, output=cfg.classifier_output)
         self.policy, self.tokenizer = load_causal_lm(source, device=str(self.device))
-        self.prompts = prompts or default_prompts(self.tokenizer)
-        lengths = [len(prompt_token_ids(self.tokenizer, p)) for p in self.prompts]
-        check_fits_context(self.policy, self.prompts, lengths, cfg.response_length)
+        all_prompts = prompts or default_prompts(self.tokenizer)
+        if cfg.eval_prompts:  # evaluation on a file of its own; train on every prompt
+            self.prompts, self.eval_prompts = all_prompts, load_prompts(cfg.eval_prompts)
+        else:  # a held-out split of the prompts, never trained on (fraction 0 or one prompt: the training prompts)
+            self.prompts, self.eval_prompts = split_prompts(all_prompts, cfg.eval_fraction)
+        for group in (self.prompts, self.eval_prompts):
+            lengths = [len(prompt_token_ids(self.tokenizer, p)) for p in group]
+            check_fits_context(self.policy, group, lengths, cfg.response_length)
         # the frozen reference: the base model, never updated  # KL against the frozen base: N details #4
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.value_head = ValueHead(hidden_size(self.policy)).to(self.device)
@@ -126,12 +133,27 @@ class PPOTrainer:
         cfg, files, main = self.cfg, self.files, self.dist.is_main
         if main:
             files.start(cfg)
+            files.write_prompts(self.prompts, self.eval_prompts)
             recover_dir(files.checkpoint)
         self.dist.barrier()  # the other ranks read the checkpoint once rank 0 has recovered it
         if resume and files.checkpoint.exists():
             self._load(files.checkpoint)
+            files.drop_snapshots_after(self.state.step)
         elif main:
             save_model(self.policy, self.tokenizer, files.base)
+        if main and cfg.snapshot_every and self.state.step == 0:
+            save_model(self.policy, self.tokenizer, files.snapshot(0))
+        if main and cfg.log != "none":
+            files.sink = make_logger(cfg.log, files.root, self.state.step, dataclasses.asdict(cfg), resume)
+        try:
+            return self._train_loop(files)
+        finally:
+            if files.sink is not None:
+                files.sink.close()
+                files.sink = None
+
+    def _train_loop(self, files: RunFiles) -> dict[str, Any]:
+        cfg, main = self.cfg, self.dist.is_main
         if not files.evals:  # the "before" numbers
             files.add_eval(0, self._evaluate())
         try:  # Ctrl-C finishes the current update and saves (only possible from the main thread)
@@ -180,7 +202,7 @@ class PPOTrainer:
         # 2. score
         raw_scores, error = None, None
         try:
-            raw_scores = check_scores(cfg.reward, self.reward_fn, reward_texts(r, cfg))
+            raw_scores = check_scores(cfg.reward, self.reward_fn, reward_texts(r, cfg, self.reward_fn))
         except RewardError as e:
             error = str(e)
         errors = [e for e in dist.gather_objects(error) if e]
@@ -205,7 +227,8 @@ class PPOTrainer:
         opt_stats = dist.mean_of_stats(self._optimise(r, advantages, returns), self.device)
         # 6. adapt beta on the global batch's mean per-sequence KL
         per_seq = dist.gather_rows(torch.stack([
-            r.scores, (k1 * r.mask).sum(-1), (k3 * r.mask).sum(-1), rewards.sum(-1), non_score.sum(-1),
+            r.scores, core.masked_sum(k1, r.mask, -1), core.masked_sum(k3, r.mask, -1), rewards.sum(-1),
+            non_score.sum(-1),
             r.mask.sum(-1).float(), r.has_eos.float(),
         ], dim=1))  # (batch, 7), every rank's episodes
         all_scores, kl_seq, kl3_seq, reward_total, reward_kl, lengths, has_eos = per_seq.unbind(1)
@@ -238,6 +261,8 @@ class PPOTrainer:
             "time_s": self.state.elapsed_s,
         })
         distributed.maybe_record_digest(self.state.step, dist, self.model)  # tests: ranks stay identical
+        if cfg.snapshot_every and self.state.step % cfg.snapshot_every == 0 and dist.is_main:
+            save_model(self.policy, self.tokenizer, self.files.snapshot(self.state.step))
         if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
             self.files.add_samples(self.state.step, "rollout", all_prompts[:8], all_texts[:8],
                                    all_scores[:8].tolist())
@@ -302,7 +327,8 @@ class PPOTrainer:
         result, error = None, None
         if self.dist.is_main:
             try:
-                result = evaluate_policy(self.policy, self.ref, self.tokenizer, self.prompts, self.cfg, self.reward_fn)
+                result = evaluate_policy(self.policy, self.ref, self.tokenizer, self.eval_prompts, self.cfg,
+                                         self.reward_fn)
             except RewardError as e:
                 error = str(e)
         result, error = self.dist.broadcast_object((result, error))

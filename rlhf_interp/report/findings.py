@@ -123,4 +123,9 @@ def training_findings(metrics: pd.DataFrame, evals: pd.DataFrame) -> list[str]:
         last = metrics.iloc[-1]
         out.append(f"Last update: clip fraction {last.clipfrac:.3f}, approx-KL {last.approx_kl:.4f}, explained "
                    f"variance {last.explained_var:.2f}, {last.episodes_per_s:.1f} episodes/s.")
+        ev = metrics.explained_var.median()
+        if ev == ev and ev < 0.3:  # not NaN, and a critic that explains little
+            out.append(f"The value head (a linear map on the policy's own final residual stream, sharing its trunk) "
+                       f"explains little of the returns: median explained variance {ev:.2f}, so the advantages are "
+                       f"close to whitened rewards-to-go rather than a learned baseline.")
     return out

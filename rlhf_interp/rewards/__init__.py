@@ -44,6 +44,12 @@ def _imdb(arg: str, options: dict[str, Any]) -> RewardFn:
     return ImdbReward(output=options.get("output", "prob"))
 
 
+def _rm(arg: str, options: dict[str, Any]) -> RewardFn:
+    from rlhf_interp.rewards.reward_model import RewardModelReward
+
+    return RewardModelReward(arg)
+
+
 def _python(arg: str, options: dict[str, Any]) -> RewardFn:
     from rlhf_interp.rewards.python_fn import import_reward
 
@@ -57,18 +63,20 @@ REGISTRY: dict[str, tuple[Callable[[str, dict[str, Any]], RewardFn], bool]] = {
     "imdb": (_imdb, False),
     "classifier": (_classifier, True),
     "python": (_python, True),
+    "rm": (_rm, True),
 }
 
 
 def get_reward(spec: str, **options: Any) -> RewardFn:
-    """Build the reward named by `spec` (`vader`, `periods`, `imdb`, `classifier:DIR`, `python:module:function`)."""
+    """Build the reward named by `spec` (`vader`, `periods`, `imdb`, `classifier:DIR`, `rm:DIR`,
+    `python:module:function`)."""
     name, _, arg = spec.partition(":")
     if name not in REGISTRY:
         raise UserError(f"unknown reward {spec!r}; choose one of: vader, periods, imdb, classifier:DIR, "
-                        "python:module:function")
+                        "rm:DIR, python:module:function")
     builder, takes_arg = REGISTRY[name]
     if takes_arg and not arg:
-        what = "DIR" if name == "classifier" else "module:function"
+        what = "DIR" if name in ("classifier", "rm") else "module:function"
         raise UserError(f"reward {name!r} needs an argument: {name}:{what}")
     if not takes_arg and arg:
         raise UserError(f"reward {name!r} takes no argument, got {spec!r}")
@@ -77,6 +85,11 @@ def get_reward(spec: str, **options: Any) -> RewardFn:
 
 def _show(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def reads_prompt(reward: RewardFn) -> bool:
+    """A reward that must see prompt + response whatever `reward_text` says (a reward model trained on both)."""
+    return bool(getattr(reward, "reads_prompt", False))
 
 
 def check_scores(spec: str, reward: RewardFn, texts: list[str]) -> list[float]:
