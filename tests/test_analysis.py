@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 import transformer_lens.patching as tl_patching
-from helpers import plant_head, plant_neuron
+from helpers import plant_head, plant_neuron, sentiment_direction
 
 from rlhf_interp.analysis import compare
 from rlhf_interp.analysis.dla import dla_tables
@@ -324,3 +324,47 @@ def test_ablation_equals_one_hooked_forward_per_component(head_pair):
                             for _, t in head_pair.groups)
             assert total / n - clean == pytest.approx(row.effect, abs=1e-4)
     assert table.effect.abs().max() > 0.1
+
+
+def test_dla_and_lens_split_delta_into_activation_and_readout(head_pair):
+    """delta_activation + delta_readout == delta in every table; the planted head tops delta_activation."""
+    from rlhf_interp.analysis.lens import logit_lens
+
+    tables = dla_tables(head_pair)
+    tables["logit_lens"] = logit_lens(head_pair).rename(columns={"metric": "attribution"})
+    for name, keys in (("dla_layers", ["component", "layer"]), ("dla_heads", ["layer", "head"]),
+                       ("dla_neurons", ["layer", "neuron"]), ("logit_lens", ["component", "layer"])):
+        df = tables[name]
+        wide = df.pivot_table(index=keys, columns="model", values="attribution")
+        assert ((wide.delta_activation + wide.delta_readout - wide.delta).abs() < 1e-5).all(), name
+    top = _top(tables["dla_heads"], "attribution", model="delta_activation")
+    assert (top["layer"], top["head"]) == (1, 2)
+
+
+def test_readout_only_pair_has_no_activation_change(tmp_path):
+    """A pair that differs only in the final LayerNorm (its gain and bias fold into W_U / b_U): every
+    delta_activation is 0, and the books close: final residual + read-out swapped together recover 100%."""
+    from rlhf_interp.analysis.lens import logit_lens
+    from rlhf_interp.analysis.patching import patching_layers
+    from rlhf_interp.models import load_causal_lm, save_model
+
+    model, tok = load_causal_lm(str(EMBEDDED_DIR))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(1 + 0.5 * torch.rand(model.config.n_embd, generator=g))
+        model.transformer.ln_f.bias.add_(3 * sentiment_direction(model, tok))
+    save_model(model, tok, tmp_path / "readout")
+    pair = load_pair(resolve_model_spec("embedded"), resolve_model_spec(tmp_path / "readout"), PROMPTS, "logit_diff")
+    tables = dla_tables(pair)
+    lens = logit_lens(pair)
+    for df, value in ((tables["dla_layers"], "attribution"), (tables["dla_heads"], "attribution"),
+                      (tables["dla_neurons"], "attribution"), (lens, "metric")):
+        act = df[df.model == "delta_activation"][value]
+        assert len(act) and act.abs().max() < 1e-5
+    total = tables["dla_layers"].query("component == 'total'").set_index("model").attribution
+    assert abs(total["delta"]) > 0.05 and total["delta_readout"] == pytest.approx(total["delta"], abs=1e-5)
+    rows = patching_layers(pair).set_index(["direction", "component"]).effect
+    for direction in ("tuned_to_base", "base_to_tuned"):
+        assert rows[(direction, "final_resid+unembed")] == pytest.approx(1.0, abs=1e-4)
+        assert rows[(direction, "unembed")] == pytest.approx(1.0, abs=1e-4)
+        assert abs(rows[(direction, "final_resid")]) < 1e-4

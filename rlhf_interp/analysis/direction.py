@@ -77,7 +77,7 @@ def direction(pair: ModelPair, seed: int = 0) -> pd.DataFrame:
             return act
 
         patched = pair.metric(pair.base.run_with_hooks(tokens, fwd_hooks=[(name, hook)])).mean().item()
-        cos = torch.nn.functional.cosine_similarity(dirs["base"][L], dirs["tuned"][L], dim=0).item()
+        cos = torch.nn.functional.cosine_similarity(dirs["base"][L], dirs["tuned"][L], dim=0).clamp(-1, 1).item()
         rows.append({"layer": L, "cosine_base_tuned": cos, "norm_base": dirs["base"][L].norm().item(),
                      "norm_tuned": dirs["tuned"][L].norm().item(),
                      "projection_shift": (diff @ u).mean().item(),

@@ -1,14 +1,26 @@
-"""Direct logit attribution of the metric at the last prompt position, per component, head and neuron.
+"""Direct logit attribution of the metric at the last prompt position, per component, head and neuron, with every
+base→tuned change split into the part the component's own output carries and the part the read-out carries.
 
 metric = Σ_components (c - mean c) / scale · direction + bias_term, with `direction` the metric's unembedding
-direction and `scale` the final LayerNorm scale of the full residual. Components: the token and position embeddings,
-each attention layer (split into heads + the output bias b_O), each MLP (split into neurons + b_out). For the delta
-(tuned − base) an extra row, `unembed_change`, is the part of the gap due to the unembedding direction itself
-(base activations read with the tuned W_U): GPT-2 ties W_U to W_E, so RLHF moves it directly.
+direction (final-norm gain folded in), `scale` the final LayerNorm scale of the full residual and `bias_term` the
+unembedding bias (final-norm bias folded in). Components: the token and position embeddings, each attention layer
+(split into heads + the output bias b_O), each MLP (split into neurons + b_out).
+
+A contribution f(a, R) depends on an *activation* a (the component's output vector: for a head z_h W_O_h, for a
+neuron its activation times its row of W_out) and a *read-out* R = (scale, direction, bias). The change
+f(a_t, R_t) − f(a_b, R_b) is split symmetrically (the two-player Shapley value, i.e. the midpoint rule):
+
+    delta_activation = ½ [f(a_t, R_b) − f(a_b, R_b)] + ½ [f(a_t, R_t) − f(a_b, R_t)]
+    delta_readout    = ½ [f(a_b, R_t) − f(a_b, R_b)] + ½ [f(a_t, R_t) − f(a_t, R_b)]
+
+They add up to `delta` exactly and do not depend on an order. `delta_activation` is what a component itself changed
+(read through a fixed read-out); `delta_readout` is the change of final-norm scale, gain and unembedding applied to a
+fixed activation. Rankings of components use `delta_activation`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -16,49 +28,99 @@ import torch
 from torch import Tensor
 
 from rlhf_interp.analysis.pair import ModelPair
-from rlhf_interp.analysis.resid import eps_of, final_cache, ln_scale, read_out, unembed_direction
+from rlhf_interp.analysis.resid import eps_of, final_cache, read_out, unembed_direction
+
+MODELS = ("base", "tuned", "delta", "delta_activation", "delta_readout")
+
+
+@dataclass
+class _Acts:
+    """One model's activations at the metric position (prompt order), as vectors in the residual stream."""
+
+    layers: dict[str, Tensor]  # name -> (n, d_model)
+    heads: Tensor  # (n, layer, head, d_model)
+    post: list[Tensor]  # per layer (n, d_mlp): neuron activations
+    W_out: Tensor  # (layer, d_mlp, d_model): each neuron's output row (part of the activation)
+    final: Tensor  # (n, d_model) the final residual (input of the final norm)
+
+
+@dataclass
+class _Readout:
+    scale: Tensor  # (n, 1)
+    direction: Tensor  # (d_model,)
+    bias: float
 
 
 @torch.no_grad()
-def _decompose(model: Any, pair: ModelPair) -> dict[str, Any]:
-    """Per-prompt contributions (prompt order) of layers, heads and neurons for one model."""
-    n_layers, n_heads = pair.n_layers, pair.n_heads
-    names = ["hook_embed", "hook_pos_embed", f"blocks.{n_layers - 1}.hook_resid_post"]
+def _activations(model: Any, pair: ModelPair) -> _Acts:
+    from rlhf_interp.analysis.arch import adapter_for
+
+    arch = adapter_for(model)
+    n_layers = pair.n_layers
+    embed_names = arch.embedding_hooks()
+    names = [*embed_names.values(), f"blocks.{n_layers - 1}.hook_resid_post"]
     for layer in range(n_layers):
         names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out",
-                  f"blocks.{layer}.mlp.hook_post"]
-    direction, bias = unembed_direction(model, pair.metric)
+                  arch.neuron_hook(layer)]
     n = len(pair.prompts)
-    layers: dict[str, Tensor] = {}
-    heads = torch.zeros(n, n_layers, n_heads)
-    metric = torch.zeros(n)
     W_O, W_out = model.W_O.detach(), model.W_out.detach()  # (layer, head, d_head, d_model), (layer, d_mlp, d_model)
-    neurons = [torch.zeros(n, W_out.shape[1]) for _ in range(n_layers)]
+    d_model = W_O.shape[-1]
+    layers: dict[str, Tensor] = {}
+    heads = torch.zeros(n, n_layers, W_O.shape[1], d_model)
+    post = [torch.zeros(n, W_out.shape[1]) for _ in range(n_layers)]
+    final = torch.zeros(n, d_model)
     for idx, tokens in pair.groups:
         cache = final_cache(model, tokens, names)
-        resid = cache[f"blocks.{n_layers - 1}.hook_resid_post"][:, -1]  # (batch, d_model)
-        scale = ln_scale(resid, eps_of(model))
-        metric[idx] = (read_out(resid, scale, direction) + bias).cpu()
+        final[idx] = cache[f"blocks.{n_layers - 1}.hook_resid_post"][:, -1].cpu()
 
         def put(key: str, value: Tensor, idx: list[int] = idx) -> None:
-            layers.setdefault(key, torch.zeros(n))[idx] = value.cpu()
+            layers.setdefault(key, torch.zeros(n, d_model))[idx] = value.cpu()
 
-        put("embed", read_out(cache["hook_embed"][:, -1], scale, direction))
-        put("pos_embed", read_out(cache["hook_pos_embed"][:, -1], scale, direction))
+        for key, name in embed_names.items():
+            put(key, cache[name][:, -1])
         for layer in range(n_layers):
             z = cache[f"blocks.{layer}.attn.hook_z"][:, -1]  # (batch, head, d_head)
             per_head = torch.einsum("bhd,hdm->bhm", z, W_O[layer])  # (batch, head, d_model)
-            head_attr = read_out(per_head, scale.unsqueeze(1), direction)  # (batch, head)
-            heads[idx, layer] = head_attr.cpu()
-            attn_total = read_out(cache[f"blocks.{layer}.hook_attn_out"][:, -1], scale, direction)
-            put(f"attn{layer}", attn_total)
-            put(f"attn{layer}_bias", attn_total - head_attr.sum(-1))
-            post = cache[f"blocks.{layer}.mlp.hook_post"][:, -1]  # (batch, d_mlp)
-            neuron_attr = post * (read_out(W_out[layer], W_out.new_ones(1), direction).unsqueeze(0) / scale)
-            neurons[layer][idx] = neuron_attr.cpu()
-            put(f"mlp{layer}", read_out(cache[f"blocks.{layer}.hook_mlp_out"][:, -1], scale, direction))
-        put("unembed_bias", torch.full((len(idx),), bias))
+            heads[idx, layer] = per_head.cpu()
+            attn = cache[f"blocks.{layer}.hook_attn_out"][:, -1]
+            put(f"attn{layer}", attn)
+            put(f"attn{layer}_bias", attn - per_head.sum(1))
+            post[layer][idx] = cache[arch.neuron_hook(layer)][:, -1].cpu()
+            put(f"mlp{layer}", cache[f"blocks.{layer}.hook_mlp_out"][:, -1])
+    return _Acts(layers, heads, post, W_out.cpu(), final)
+
+
+def _readout(model: Any, pair: ModelPair, acts: _Acts) -> _Readout:
+    from rlhf_interp.analysis.arch import adapter_for
+
+    direction, bias = unembed_direction(model, pair.metric)
+    arch = adapter_for(model)
+    return _Readout(arch.norm_scale(acts.final, eps_of(model)), direction.cpu(), bias)
+
+
+def _contrib(a: _Acts, r: _Readout, model: Any) -> dict[str, Any]:
+    """f(a, R) for every component: per prompt."""
+    from rlhf_interp.analysis.arch import adapter_for
+
+    arch = adapter_for(model)
+
+    def f(x: Tensor, scale: Tensor) -> Tensor:
+        return read_out(x, scale, r.direction, centre=arch.centres)
+
+    layers = {k: f(v, r.scale) for k, v in a.layers.items()}
+    n = r.scale.shape[0]
+    layers["unembed_bias"] = torch.full((n,), r.bias)
+    heads = f(a.heads, r.scale.view(n, 1, 1, 1))  # (n, layer, head)
+    neurons = [p * (f(a.W_out[L], torch.ones(1)).unsqueeze(0) / r.scale) for L, p in enumerate(a.post)]
+    metric = f(a.final, r.scale) + r.bias
     return {"metric": metric, "layers": layers, "heads": heads, "neurons": neurons}
+
+
+def _combine(c: dict[tuple[str, str], Any], get: Any) -> dict[str, Any]:
+    """base, tuned, delta and its activation / read-out parts from the four (activation, read-out) pairings."""
+    bb, tt, tb, bt = (get(c[k]) for k in (("b", "b"), ("t", "t"), ("t", "b"), ("b", "t")))
+    return {"base": bb, "tuned": tt, "delta": tt - bb, "delta_activation": 0.5 * ((tb - bb) + (tt - bt)),
+            "delta_readout": 0.5 * ((bt - bb) + (tt - tb))}
 
 
 def _component_rows(name: str) -> tuple[str, int | None]:
@@ -71,58 +133,41 @@ def _component_rows(name: str) -> tuple[str, int | None]:
     return name, None
 
 
-@torch.no_grad()
-def unembed_change(pair: ModelPair) -> Tensor:
-    """Per prompt: metric of base activations read out with the tuned unembedding minus the base metric."""
-    n_layers = pair.n_layers
-    d_base, b_base = unembed_direction(pair.base, pair.metric)
-    d_tuned, b_tuned = unembed_direction(pair.tuned, pair.metric)
-    out = torch.zeros(len(pair.prompts))
-    for idx, tokens in pair.groups:
-        cache = final_cache(pair.base, tokens, [f"blocks.{n_layers - 1}.hook_resid_post"])
-        resid = cache[f"blocks.{n_layers - 1}.hook_resid_post"][:, -1]
-        scale = ln_scale(resid, eps_of(pair.base))
-        out[idx] = (read_out(resid, scale, d_tuned - d_base) + b_tuned - b_base).cpu()
-    return out
+def dla_parts(pair: ModelPair) -> dict[tuple[str, str], Any]:
+    """Per-prompt contributions for the four pairings (activation model, read-out model) in {b, t}²."""
+    acts = {"b": _activations(pair.base, pair), "t": _activations(pair.tuned, pair)}
+    reads = {"b": _readout(pair.base, pair, acts["b"]), "t": _readout(pair.tuned, pair, acts["t"])}
+    return {(a, r): _contrib(acts[a], reads[r], pair.base) for a in "bt" for r in "bt"}
 
 
 def dla_tables(pair: ModelPair, top_neurons: int = 20) -> dict[str, pd.DataFrame]:
-    """`dla_layers`, `dla_heads`, `dla_neurons`: mean attribution over prompts for base, tuned and delta."""
+    """`dla_layers`, `dla_heads`, `dla_neurons`: mean attribution over prompts for base, tuned, delta and the delta's
+    activation and read-out parts (`model` column)."""
     if not pair.metric.linear:
         empty = pd.DataFrame(columns=["layer", "component", "model", "attribution"])
         return {"dla_layers": empty, "dla_heads": empty.rename(columns={"component": "head"}), "dla_neurons": empty}
-    parts = {"base": _decompose(pair.base, pair), "tuned": _decompose(pair.tuned, pair)}
+    c = dla_parts(pair)
     layer_rows, head_rows, neuron_rows = [], [], []
-    for model_name in ("base", "tuned", "delta"):
-        def get(f: Any, m: str = model_name) -> Any:
-            if m == "delta":
-                return f(parts["tuned"]) - f(parts["base"])
-            return f(parts[m])
-
-        for key in parts["base"]["layers"]:
-            comp, layer = _component_rows(key)
-            value = get(lambda p, k=key: p["layers"][k]).mean().item()
-            layer_rows.append({"layer": layer, "component": comp, "model": model_name, "attribution": value})
-        layer_rows.append({"layer": None, "component": "total", "model": model_name,
-                           "attribution": get(lambda p: p["metric"]).mean().item()})
-        heads = get(lambda p: p["heads"]).mean(0)  # (layer, head)
-        for layer in range(pair.n_layers):
-            for h in range(pair.n_heads):
+    for key in c[("b", "b")]["layers"]:
+        comp, layer = _component_rows(key)
+        for model_name, v in _combine(c, lambda p, k=key: p["layers"][k]).items():
+            layer_rows.append({"layer": layer, "component": comp, "model": model_name, "attribution": v.mean().item()})
+    for model_name, v in _combine(c, lambda p: p["metric"]).items():
+        layer_rows.append({"layer": None, "component": "total", "model": model_name, "attribution": v.mean().item()})
+    for model_name, v in _combine(c, lambda p: p["heads"]).items():
+        heads = v.mean(0)  # (layer, head)
+        for layer in range(heads.shape[0]):
+            for h in range(heads.shape[1]):
                 head_rows.append({"layer": layer, "head": h, "model": model_name,
                                   "attribution": heads[layer, h].item()})
-    # unembedding change: the part of the delta that no activation carries
-    layer_rows.append({"layer": None, "component": "unembed_change", "model": "delta",
-                       "attribution": unembed_change(pair).mean().item()})
-    # neurons: the top ones by |delta|, with their base and tuned values
-    delta = [(parts["tuned"]["neurons"][L] - parts["base"]["neurons"][L]).mean(0) for L in range(pair.n_layers)]
-    flat = torch.cat(delta)
-    d_mlp = delta[0].shape[0]
+    # neurons: the top ones by |delta_activation| (what the neuron itself changed), with all five values
+    parts = [_combine(c, lambda p, L=L: p["neurons"][L]) for L in range(pair.n_layers)]
+    flat = torch.cat([p["delta_activation"].mean(0) for p in parts])
+    d_mlp = parts[0]["delta"].shape[1]
     for rank, i in enumerate(flat.abs().argsort(descending=True)[:top_neurons].tolist()):
         layer, neuron = divmod(i, d_mlp)
-        for model_name in ("base", "tuned"):
+        for model_name, v in parts[layer].items():
             neuron_rows.append({"layer": layer, "neuron": neuron, "model": model_name, "rank": rank,
-                                "attribution": parts[model_name]["neurons"][layer][:, neuron].mean().item()})
-        neuron_rows.append({"layer": layer, "neuron": neuron, "model": "delta", "rank": rank,
-                            "attribution": flat[i].item()})
+                                "attribution": v[:, neuron].mean().item()})
     return {"dla_layers": pd.DataFrame(layer_rows), "dla_heads": pd.DataFrame(head_rows),
             "dla_neurons": pd.DataFrame(neuron_rows)}

@@ -237,7 +237,8 @@ def _token_labels(pair: ModelPair, tokens: Tensor) -> list[str]:
 
 def patching_layers(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
     """resid_pre / attn_out / mlp_out × layer × position, both directions (on the largest equal-length prompt group),
-    plus one `unembed` row per direction: the final LayerNorm gain and unembedding swapped (see `swap_unembed`)."""
+    plus the rows after the last layer that close the books (`_closing_rows`): final residual, read-out, both, and
+    their interaction."""
     _, tokens = pair.main_group
     labels = _token_labels(pair, tokens)
     rows = []
@@ -253,11 +254,33 @@ def patching_layers(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame
         for cell, m, e in zip(cells, patched.tolist(), effects.tolist(), strict=True):
             rows.append({"direction": direction, "component": comp_of[cell.hook], "layer": cell.layer,
                          "pos": cell.pos, "token": labels[cell.pos], "metric": m, "effect": e})
-        m = swap_unembed(receiver, donor, tokens, pair.metric)  # after the last layer, every position
-        e = _fraction(torch.tensor([m]), recv_clean, donor_clean).item()
-        rows.append({"direction": direction, "component": "unembed", "layer": pair.n_layers, "pos": tokens.shape[1] - 1,
-                     "token": labels[-1], "metric": m, "effect": e})
+        rows += _closing_rows(pair, receiver, donor, tokens, labels, direction, recv_clean, donor_clean)
     return pd.DataFrame(rows)
+
+
+FINAL_RESID = "blocks.{L}.hook_resid_post"
+
+
+def _closing_rows(pair: ModelPair, receiver: Any, donor: Any, tokens: Tensor, labels: list[str], direction: str,
+                  recv_clean: float, donor_clean: float) -> list[dict[str, Any]]:
+    """Rows that close the books after the last layer (layer = n_layers): `final_resid` (the input of the final norm
+    swapped at the read-out position; `final_resid_all` at every position), `unembed` (the read-out swapped: final
+    norm gain and bias and the unembedding, folded into W_U and b_U), `final_resid+unembed` (both: the donor's metric,
+    100%) and `interaction` = both − final_resid − unembed (what neither part carries alone)."""
+    last, n = tokens.shape[1] - 1, pair.n_layers
+    name = FINAL_RESID.format(L=n - 1)
+    cache = run_cache(donor, tokens, [name])
+    cells = [Cell(FINAL_RESID, n - 1, pos=last), Cell(FINAL_RESID, n - 1)]
+    at_last, at_all = patch_sweep(receiver, cache, tokens, cells, pair.metric, fused=False).tolist()
+    metrics = {"final_resid": at_last, "final_resid_all": at_all,
+               "unembed": swap_unembed(receiver, donor, tokens, pair.metric),
+               "final_resid+unembed": swap_unembed(receiver, donor, tokens, pair.metric, resid=cache[name])}
+    effects = {k: _fraction(torch.tensor([m]), recv_clean, donor_clean).item() for k, m in metrics.items()}
+    effects["interaction"] = effects["final_resid+unembed"] - effects["final_resid_all"] - effects["unembed"]
+    metrics["interaction"] = float("nan")
+    return [{"direction": direction, "component": k, "layer": n, "pos": None if k == "final_resid_all" else last,
+             "token": None if k == "final_resid_all" else labels[last], "metric": metrics[k], "effect": e}
+            for k, e in effects.items()]
 
 
 @torch.no_grad()
@@ -282,11 +305,26 @@ ATTN_OUT = LAYER_COMPONENTS["attn_out"]
 
 
 @torch.no_grad()
-def swap_unembed(receiver: Any, donor: Any, tokens: Tensor, metric: Callable[[Tensor], Tensor]) -> float:
-    """Mean metric when the receiver's final normalised residual is read out with the donor's (folded) final
-    LayerNorm gain and unembedding: the part of the change that lives in W_U itself (GPT-2 ties W_U to W_E)."""
-    _, cache = receiver.run_with_cache(tokens, names_filter=lambda n: n == "ln_final.hook_normalized")
-    logits = cache["ln_final.hook_normalized"] @ donor.W_U
+def swap_unembed(receiver: Any, donor: Any, tokens: Tensor, metric: Callable[[Tensor], Tensor],
+                 resid: Tensor | None = None) -> float:
+    """Mean metric when the receiver's final normalised residual is read out with the donor's (folded) final norm
+    gain and bias and unembedding: the part of the change that lives in the read-out itself (GPT-2 ties W_U to W_E).
+    With `resid` (batch, pos, d_model), the final residual (input of the final norm) is replaced by it first."""
+    hooks = []
+    if resid is not None:
+        def put(act: Tensor, hook: Any = None) -> Tensor:
+            act[:] = resid
+            return act
+
+        hooks.append((FINAL_RESID.format(L=int(receiver.cfg.n_layers) - 1), put))
+    seen: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook: Any = None) -> Tensor:
+        seen["x"] = act.detach().clone()
+        return act
+
+    receiver.run_with_hooks(tokens, fwd_hooks=[*hooks, ("ln_final.hook_normalized", keep)])
+    logits = seen["x"] @ donor.W_U
     if getattr(donor, "b_U", None) is not None:
         logits = logits + donor.b_U
     return metric(logits).mean().item()

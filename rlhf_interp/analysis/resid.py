@@ -18,9 +18,10 @@ def center(x: Tensor) -> Tensor:
     return x - x.mean(-1, keepdim=True)
 
 
-def ln_scale(resid: Tensor, eps: float) -> Tensor:
-    """The final LayerNorm's scale for residual vectors (..., d_model) -> (..., 1)."""
-    return (center(resid).pow(2).mean(-1, keepdim=True) + eps).sqrt()
+def ln_scale(resid: Tensor, eps: float, centre: bool = True) -> Tensor:
+    """The final norm's scale for residual vectors (..., d_model) -> (..., 1) (RMSNorm: `centre=False`)."""
+    x = center(resid) if centre else resid
+    return (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
 def unembed_direction(model: Any, metric: Any) -> tuple[Tensor, float]:
@@ -28,9 +29,9 @@ def unembed_direction(model: Any, metric: Any) -> tuple[Tensor, float]:
     return metric.direction(model.W_U.detach(), None if b_U is None else b_U.detach())
 
 
-def read_out(components: Tensor, scale: Tensor, direction: Tensor) -> Tensor:
-    """Contribution of each component (..., d_model) to the metric, given the shared LN scale (..., 1)."""
-    return (center(components) / scale) @ direction
+def read_out(components: Tensor, scale: Tensor, direction: Tensor, centre: bool = True) -> Tensor:
+    """Contribution of each component (..., d_model) to the metric, given the shared norm scale (..., 1)."""
+    return ((center(components) if centre else components) / scale) @ direction
 
 
 @torch.no_grad()

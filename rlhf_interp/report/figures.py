@@ -18,7 +18,8 @@ import seaborn as sns
 
 Tables = dict[str, pd.DataFrame]
 Figure = tuple[bytes, str]
-COLORS = {"base": "#4c72b0", "tuned": "#dd8452", "delta": "#55a868"}
+COLORS = {"base": "#4c72b0", "tuned": "#dd8452", "delta": "#55a868", "delta_activation": "#8172b3",
+          "delta_readout": "#937860"}
 
 
 def _png(fig: plt.Figure) -> bytes:
