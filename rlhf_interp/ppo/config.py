@@ -65,6 +65,10 @@ class TrainConfig:
     vf_coef: float = _f(0.1, "value loss coefficient c1")
     ent_coef: float = _f(0.0, "entropy bonus coefficient c2")
     max_grad_norm: float = _f(1.0, "gradient clipping (global L2 norm)")
+    # LoRA (rlhf_interp.ppo.lora): adapters instead of full fine-tuning; the reference is the model, adapters off
+    lora_r: int = _f(0, "LoRA rank (0: full fine-tuning); needs peft")
+    lora_alpha: float = _f(16.0, "LoRA alpha (adapter scale alpha / r)")
+    lora_targets: str = _f("auto", "LoRA target modules: 'auto' (every attention and MLP projection) or a comma list")
     # logging and saving
     log_every: int = _f(5, "write samples.jsonl rows (eval set + some rollouts) every N updates")
     eval_samples_per_prompt: int = _f(16, "samples per evaluation prompt (before training, every log, at the end)")
@@ -80,6 +84,8 @@ _POSITIVE = ("steps", "batch_size", "response_length", "ppo_epochs", "minibatche
              "max_grad_norm", "kl_horizon", "target_kl", "max_bad_updates")
 _NON_NEGATIVE = ("snapshot_every", "kl_coef", "vf_coef", "ent_coef", "weight_decay", "top_k", "missing_eos_penalty")
 _UNIT = ("gamma", "lam")
+_POSITIVE += ("lora_alpha",)
+_NON_NEGATIVE += ("lora_r",)
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

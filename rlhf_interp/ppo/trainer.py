@@ -33,7 +33,7 @@ from rlhf_interp.errors import UserError
 from rlhf_interp.faults import maybe_die
 from rlhf_interp.io import recover_dir
 from rlhf_interp.models import load_causal_lm, resolve_device, resolve_model_spec, save_model
-from rlhf_interp.ppo import core, distributed
+from rlhf_interp.ppo import core, distributed, lora
 from rlhf_interp.ppo.checkpoint import load_checkpoint, optimizer_from_flat, save_checkpoint
 from rlhf_interp.ppo.config import TrainConfig
 from rlhf_interp.ppo.distributed import Dist
@@ -98,7 +98,14 @@ class PPOTrainer:
             lengths = [len(prompt_token_ids(self.tokenizer, p)) for p in group]
             check_fits_context(self.policy, group, lengths, cfg.response_length)
         # the frozen reference: the base model, never updated  # KL against the frozen base: N details #4
-        self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if cfg.lora_r:  # LoRA: the reference is the same model with its adapters off (no second copy)
+            self.policy = lora.apply_lora(self.policy, cfg)
+            self.ref: nn.Module = lora.AdaptersOff(self.policy)
+        else:
+            self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        # what is saved: the policy itself, or with LoRA its merged weights (+ the adapters in the checkpoint)
+        self.export = lora.Merged(self.policy) if cfg.lora_r else self.policy
+        self.export_ckpt = lora.Merged(self.policy, with_adapters=True) if cfg.lora_r else self.policy
         self.value_head = ValueHead(hidden_size(self.policy)).to(self.device)
         self.model = PolicyAndValue(self.policy, self.value_head, cfg)
         # several processes: DDP all-reduces (averages) the gradients of policy and value head in backward()
@@ -109,7 +116,7 @@ class PPOTrainer:
         # separate learning rates for body and head  # N details #9
         self.opt = torch.optim.AdamW(
             [
-                {"params": list(self.policy.parameters()), "lr": cfg.lr},
+                {"params": [p for p in self.policy.parameters() if p.requires_grad], "lr": cfg.lr},
                 {"params": list(self.value_head.parameters()), "lr": cfg.value_lr},
             ],
             eps=cfg.adam_eps,
@@ -140,9 +147,9 @@ class PPOTrainer:
             self._load(files.checkpoint)
             files.drop_snapshots_after(self.state.step)
         elif main:
-            save_model(self.policy, self.tokenizer, files.base)
+            save_model(self.export, self.tokenizer, files.base)
         if main and cfg.snapshot_every and self.state.step == 0:
-            save_model(self.policy, self.tokenizer, files.snapshot(0))
+            save_model(self.export, self.tokenizer, files.snapshot(0))
         if main and cfg.log != "none":
             files.sink = make_logger(cfg.log, files.root, self.state.step, dataclasses.asdict(cfg), resume)
         try:
@@ -262,7 +269,7 @@ class PPOTrainer:
         })
         distributed.maybe_record_digest(self.state.step, dist, self.model)  # tests: ranks stay identical
         if cfg.snapshot_every and self.state.step % cfg.snapshot_every == 0 and dist.is_main:
-            save_model(self.policy, self.tokenizer, self.files.snapshot(self.state.step))
+            save_model(self.export, self.tokenizer, self.files.snapshot(self.state.step))
         if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
             self.files.add_samples(self.state.step, "rollout", all_prompts[:8], all_texts[:8],
                                    all_scores[:8].tolist())
@@ -342,7 +349,7 @@ class PPOTrainer:
         """Checkpoint and tuned/ (collective: every rank calls it; rank 0 writes)."""
         self._save()
         if self.dist.is_main:
-            save_model(self.policy, self.tokenizer, self.files.tuned)
+            save_model(self.export, self.tokenizer, self.files.tuned)
 
     def _save(self, rng_override: dict[str, torch.Tensor] | None = None) -> None:
         """The trainer state, with every rank's generator states (collective: every rank calls it; rank 0 writes)."""
@@ -354,7 +361,7 @@ class PPOTrainer:
         self.state.kl_coef = self.kl_ctl.value
         self.state.score_moments = {"mean": self.moments.mean, "var": self.moments.var, "count": self.moments.count}
         state = {"trainer": self.state.__dict__, "tables": self.files.tables(), "world_size": self.dist.world}
-        save_checkpoint(self.files.checkpoint, self.policy, self.tokenizer, self.value_head, self.opt, rng, state)
+        save_checkpoint(self.files.checkpoint, self.export_ckpt, self.tokenizer, self.value_head, self.opt, rng, state)
         self.files.flush()
 
     def _load(self, path: Path) -> None:
@@ -363,8 +370,11 @@ class PPOTrainer:
         if saved_world != self.dist.world:
             raise UserError(f"{path} was written by a run on {saved_world} process(es); resume it on the same number "
                             f"(now {self.dist.world}) so that every rank continues its own random streams")
-        policy, _ = load_causal_lm(str(path / "policy"), device=str(self.device))
-        self.policy.load_state_dict(policy.state_dict())
+        if self.cfg.lora_r:  # the base came from cfg.model; the adapters come from the checkpoint
+            lora.load_adapters(self.policy, path / "policy")
+        else:
+            policy, _ = load_causal_lm(str(path / "policy"), device=str(self.device))
+            self.policy.load_state_dict(policy.state_dict())
         self.value_head.load_state_dict({k: v.to(self.device) for k, v in ckpt["value_head"].items()})
         optimizer_from_flat(self.opt, ckpt["optimizer"], ckpt["state"]["optimizer"])
         for name, g in self.generators.items():
