@@ -54,6 +54,7 @@ def test_adl_puts_the_planted_token_first_at_its_layer(planted):
     assert top.loc[LAYER, "token_id"] == t
     assert norms.norm[norms.layer < LAYER].max() < 1e-5 * norms.norm[norms.layer == LAYER].item()
     assert norms.norm[norms.layer == LAYER].item() > 1.0
+    assert set(df.layer) == set(range(LAYER, 4))  # no token list where there is no difference
     assert "adl_steering" not in tables  # no reward in ctx: no steering
     # the diff at the planted layer points along the planted direction (centred, as the bridge's residual)
     model, _ = load_causal_lm(str(EMBEDDED_DIR))

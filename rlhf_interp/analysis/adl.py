@@ -155,10 +155,14 @@ def adl(pair: Any, ctx: dict[str, Any], k: int = 5, top: int = 20) -> dict[str, 
     batches = diff_corpus(pair, ctx)
     delta, base_norm, scale = mean_differences(pair, batches, k)
     W_U = pair.base.W_U.detach().float().cpu()
-    rows, norm_rows = [], []
+    rows: list[dict[str, Any]] = []
+    norm_rows = []
+    floor = 1e-6 * float(delta.norm(dim=-1).max())
     for L in range(pair.n_layers):
         logits = (center(delta[L]) / scale) @ W_U
-        order = logits.argsort(descending=True)
+        if float(delta[L].norm()) <= floor:  # no difference at this layer: no token list (its ranks would be noise)
+            logits = None
+        order = logits.argsort(descending=True) if logits is not None else torch.zeros(0, dtype=torch.long)
         for direction, ids in (("promoted", order[:top]), ("suppressed", order.flip(0)[:top])):
             for rank, i in enumerate(ids.tolist()):
                 rows.append({"layer": L, "direction": direction, "rank": rank, "token_id": i,
@@ -166,7 +170,8 @@ def adl(pair: Any, ctx: dict[str, Any], k: int = 5, top: int = 20) -> dict[str, 
         norm_rows.append({"layer": L, "norm": delta[L].norm().item(), "base_resid_norm": base_norm[L].item(),
                           "rel_norm": (delta[L].norm() / base_norm[L]).item() if base_norm[L] > 0 else float("nan"),
                           "positions": k, "texts": sum(b.shape[0] for b in batches)})
-    tables = {"adl": pd.DataFrame(rows), "adl_norm": pd.DataFrame(norm_rows)}
+    cols = ["layer", "direction", "rank", "token_id", "token", "logit"]
+    tables = {"adl": pd.DataFrame(rows, columns=cols), "adl_norm": pd.DataFrame(norm_rows)}
     if ctx.get("reward"):
         layer = pair.n_layers // 2
         tables["adl_steering"] = steering(pair, delta[layer], layer, ctx["reward"], ctx.get("samples_per_prompt", 4),
