@@ -199,6 +199,8 @@ def compare(
     positive: Annotated[str | None, typer.Option(help="Positive words: comma list or @file.")] = None,
     negative: Annotated[str | None, typer.Option(help="Negative words: comma list or @file.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    diff_corpus: Annotated[Path | None, typer.Option(help="Text file (one text a line) for adl/diff_mining; "
+                                                           "default: unconditional base samples.")] = None,
 ) -> None:
     """Compare BASE and TUNED: behaviour, logits, logit lens, DLA, ablations, patching, attention and weight diffs."""
     import json
@@ -212,7 +214,8 @@ def compare(
 
     # strict=False: an analysis that fails unexpectedly is recorded and the others still run (--debug: traceback)
     run_compare(base, tuned, prompts=prompts, metric=metric, analyses=analyses, out=out, seed=seed, reward=reward,
-                positive=positive, negative=negative, device=str(resolve_device(device)), strict=_state["debug"])
+                positive=positive, negative=negative, device=str(resolve_device(device)), strict=_state["debug"],
+                diff_corpus=diff_corpus)
     summary = json.loads((out / "summary.json").read_text())
     m = summary["metric"]
     typer.echo(f"{m['name']}: base {sig(m['base'], 3)}, tuned {sig(m['tuned'], 3)}, gap {sig(m['gap'], 3)} "

@@ -67,6 +67,7 @@ def compare(
     negative: str | None = None,
     device: str = "cpu",
     strict: bool = True,
+    diff_corpus: str | Path | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Everything `rlhf-interp compare` computes: load the pair, run the analyses, return {table name: DataFrame}.
 
@@ -79,12 +80,14 @@ def compare(
         samples_per_prompt, new_tokens: sampling of the behaviour analysis.
         strict: False: an analysis that fails unexpectedly is recorded in summary.json ("failed") and the others
             still run; True (default): the exception propagates.
+        diff_corpus: a text file (one text a line) for the model-diffing analyses (adl, diff_mining); default:
+            unconditional samples of the base model.
     """
     from rlhf_interp.analysis import compare as _compare
 
     return _compare(base, tuned, prompts=prompts, metric=metric, analyses=analyses, out=out, seed=seed, reward=reward,
                     report=report, samples_per_prompt=samples_per_prompt, new_tokens=new_tokens, positive=positive,
-                    negative=negative, device=device, strict=strict)
+                    negative=negative, device=device, strict=strict, diff_corpus=diff_corpus)
 
 
 def train(

@@ -102,6 +102,27 @@ def _direction(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     return {"direction": direction(pair, ctx["seed"])}
 
 
+@register("adl")
+def _adl(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.adl import adl
+
+    return adl(pair, ctx)
+
+
+@register("amplification")
+def _amplification(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.amplification import amplification
+
+    return amplification(pair, ctx["reward"], ctx["samples_per_prompt"], ctx["new_tokens"], ctx["seed"])
+
+
+@register("diff_mining")
+def _diff_mining(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.diff_mining import diff_mining
+
+    return {"diff_mining": diff_mining(pair, ctx)}
+
+
 def parse_analyses(spec: str | list[str] | None) -> list[str]:
     if spec is None or spec == "all" or spec == ["all"]:
         return list(ANALYSES)
@@ -165,18 +186,23 @@ def compare(
     negative: str | None = None,
     device: str = "cpu",
     strict: bool = True,
+    diff_corpus: str | Path | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Load BASE and TUNED (or a run directory's base/ and tuned/), run the analyses, return their tables.
 
     With `out`, also writes OUT/tables/<name>.csv, OUT/samples.jsonl, OUT/summary.json and (unless report=False)
     OUT/report.html with OUT/figures/*.png, all atomically. With strict=False an analysis that fails unexpectedly is
-    recorded in OUT/summary.json under "failed" (name -> message) while the others still run.
+    recorded in OUT/summary.json under "failed" (name -> message) while the others still run. `diff_corpus`: a text
+    file (one text a line) for the model-diffing analyses (adl, diff_mining); default: unconditional samples of the
+    base model.
     """
     import torch
 
     from rlhf_interp.progress import progress_bar
 
     names = parse_analyses(analyses)
+    if diff_corpus is not None and not Path(diff_corpus).is_file():
+        raise UserError(f"--diff-corpus: file not found: {diff_corpus}")
     if out is not None:
         from rlhf_interp.io import ensure_writable_dir
 
@@ -186,7 +212,8 @@ def compare(
     pair = open_pair(base, tuned, prompts, metric, positive, negative, device)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     ctx: dict[str, Any] = {"seed": seed, "reward": reward, "samples_per_prompt": samples_per_prompt,
-                           "new_tokens": new_tokens, "tables": {}}
+                           "new_tokens": new_tokens, "tables": {},
+                           "diff_corpus": diff_corpus}
     failed: dict[str, str] = {}
     with progress_bar() as bar:
         task = bar.add_task("compare", total=len(names), info="")

@@ -306,6 +306,74 @@ def direction_lines(t: Tables) -> Figure | None:
                        "residual along it (to the tuned value) recovers.")
 
 
+def adl_figure(t: Tables) -> Figure | None:
+    norms, df = t.get("adl_norm"), t.get("adl")
+    if norms is None or norms.empty or df is None:
+        return None
+    steer = t.get("adl_steering")
+    n = 2 if steer is not None and len(steer) else 1
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    ax.bar(norms.layer, norms.rel_norm, color="#8172b3")
+    for r in norms.itertuples():
+        top = df[(df.layer == r.layer) & (df.direction == "promoted")].sort_values("rank").token.head(3)
+        ax.text(r.layer, r.rel_norm, "\n".join(repr(x) for x in top), ha="center", va="bottom", fontsize=7)
+    ax.set_xlabel("layer (resid_post)")
+    ax.set_ylabel("‖mean δ‖ / mean ‖base resid‖")
+    ax.set_xticks(norms.layer)
+    ax.margins(y=0.35)
+    if n == 2:
+        ax2 = axes[0, 1]
+        ax2.plot(steer.alpha, steer.reward_mean, "o-", color=COLORS["tuned"], label="reward (steered base)")
+        beh = t.get("behaviour_summary")
+        if beh is not None and len(beh) == 2:
+            for model in ("base", "tuned"):
+                ax2.axhline(float(beh[beh.model == model].reward_mean.iloc[0]), color=COLORS[model], ls=":",
+                            label=f"{model} samples")
+        ax2.set_xlabel(f"α (added α·δ at layer {int(steer.layer.iloc[0])})")
+        ax2.set_ylabel("mean reward")
+        ax3 = ax2.twinx()
+        ax3.plot(steer.alpha, steer.kl_vs_base, "s--", color="grey", label="KL(steered ‖ base)")
+        ax3.set_ylabel("KL per sequence (nats)")
+        ax2.legend(fontsize=7, loc="upper left")
+    return _png(fig), ("Activation Difference Lens: size of the mean tuned − base residual difference on text "
+                       "unrelated to the prompts (first tokens of the diff corpus), per layer, labelled with the "
+                       "tokens its logit lens promotes most; right: steering the base model by α times that "
+                       "difference.")
+
+
+def amplification_figure(t: Tables) -> Figure | None:
+    df = t.get("amplification")
+    if df is None or df.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.3))
+    ax.plot(df.alpha, df.reward_mean, "o-", color=COLORS["tuned"], label="reward")
+    ax.plot(df.alpha, df.distinct_2, "s-", color="#55a868", label="distinct-2")
+    ax.set_xlabel("α  (logits_tuned + α·(logits_tuned − logits_base))")
+    ax2 = ax.twinx()
+    ax2.plot(df.alpha, df.kl_vs_tuned, "^--", color="grey", label="KL(sampler ‖ tuned)")
+    ax2.set_ylabel("nats per sequence")
+    ax.legend(fontsize=7, loc="upper left")
+    ax2.legend(fontsize=7, loc="upper right")
+    return _png(fig), ("Logit-diff amplification: sampling with the tuned − base logit difference amplified by α "
+                       "(α = 0: tuned sampling). Rising tokens per α are in amplification_tokens.csv and the samples "
+                       "in amplification_samples.csv.")
+
+
+def diff_mining_bars(t: Tables) -> Figure | None:
+    df = t.get("diff_mining")
+    if df is None or df.empty:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, direction, color in ((axes[0], "promoted", "#55a868"), (axes[1], "suppressed", "#c44e52")):
+        part = df[df.direction == direction].head(12)
+        ax.barh([repr(s) for s in part.token][::-1], part.fraction[::-1], color=color)
+        ax.set_title(f"most often {direction} (top-K by Δ log-prob)", fontsize=10)
+        ax.set_xlabel("fraction of positions")
+    return _png(fig), ("Diff mining: at every position of the diff corpus and the prompts, the tokens whose log-prob "
+                       "difference (tuned − base) is among the top K; tokens ranked by how often they recur.")
+
+
 COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
     ("reward_hist", "Behaviour: rewards", reward_hist),
     ("token_kl", "Behaviour: per-token KL", token_kl_heatmap),
@@ -320,6 +388,9 @@ COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
     ("attention_diff", "Attention change", attention_heatmap),
     ("weight_diff", "Weight change", weight_bars),
     ("direction", "Sentiment direction", direction_lines),
+    ("adl", "Activation Difference Lens", adl_figure),
+    ("amplification", "Logit-diff amplification", amplification_figure),
+    ("diff_mining", "Diff mining", diff_mining_bars),
 ]
 
 

@@ -22,7 +22,7 @@ def _fmt_cell(r: Any, keys: tuple[str, ...]) -> str:
 
 def compare_findings(t: Tables, summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
-    for part in (_metric, _behaviour, _patching, _dla_and_weights):
+    for part in (_metric, _behaviour, _patching, _dla_and_weights, _diffing):
         out += part(t, summary)
     return out
 
@@ -107,6 +107,42 @@ def _dla_and_weights(t: Tables, summary: dict[str, Any]) -> list[str]:
         cells = ", ".join(_fmt_cell(r, ("component", "layer", "head")) + f" ({r.rel_change:.1%})"
                           for _, r in top.iterrows())
         out.append(f"Largest relative weight changes: {cells}.")
+    return out
+
+
+def _diffing(t: Tables, summary: dict[str, Any]) -> list[str]:
+    """What the open-ended model-diffing analyses (adl, amplification, diff_mining) point at."""
+    out: list[str] = []
+    norms, adl = t.get("adl_norm"), t.get("adl")
+    if norms is not None and len(norms) and adl is not None:
+        r = norms.loc[norms.rel_norm.idxmax()]
+        toks = adl[(adl.layer == r.layer) & (adl.direction == "promoted")].sort_values("rank").token.head(5)
+        out.append(f"Activation Difference Lens (text unrelated to the prompts, first {int(r.positions)} tokens of "
+                   f"{int(r.texts)} texts): the mean residual difference is largest after layer {int(r.layer)} "
+                   f"({r.rel_norm:.1%} of the base residual's norm); read through the logit lens it promotes "
+                   f"{', '.join(repr(x) for x in toks)}.")
+    st = t.get("adl_steering")
+    if st is not None and len(st) > 1:
+        s0, s1 = st.iloc[0], st.iloc[-1]
+        out.append(f"Steering the base model with α·(that difference) at layer {int(s0.layer)}: reward "
+                   f"{s0.reward_mean:+.3f} at α = {s0.alpha:g} → {s1.reward_mean:+.3f} at α = {s1.alpha:g}, KL to "
+                   f"base {s1.kl_vs_base:.2f} nats per sequence.")
+    amp, toks = t.get("amplification"), t.get("amplification_tokens")
+    if amp is not None and len(amp) > 1:
+        a0, a1 = amp.iloc[0], amp.iloc[-1]
+        rising = ""
+        if toks is not None and len(toks):
+            top = toks[toks.alpha == toks.alpha.max()].sort_values("rank").token.head(5)
+            rising = f"; tokens that become more frequent than in tuned samples: {', '.join(repr(x) for x in top)}"
+        out.append(f"Logit-diff amplification: reward {a0.reward_mean:+.3f} (α = {a0.alpha:g}, tuned sampling) → "
+                   f"{a1.reward_mean:+.3f} (α = {a1.alpha:g}), distinct-2 {a0.distinct_2:.2f} → {a1.distinct_2:.2f}"
+                   f"{rising}.")
+    dm = t.get("diff_mining")
+    if dm is not None and len(dm):
+        top = dm[dm.direction == "promoted"].head(5)
+        cells = ", ".join(f"{r.token!r} ({r.fraction:.0%})" for r in top.itertuples())
+        out.append(f"Diff mining over {int(dm.positions.iloc[0])} positions: tokens most often among the top "
+                   f"log-prob gains are {cells} (fraction of positions).")
     return out
 
 
