@@ -5,6 +5,7 @@ and the exact per-token KL(tuned ‖ base) = Σ_v p_tuned(v) log(p_tuned(v) / p_
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -40,7 +41,35 @@ def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 
     kl = pd.DataFrame(kl_rows)
     summary_df = pd.DataFrame(summary)
     summary_df["kl_per_sequence"] = [float("nan"), kl.groupby("sample").kl.sum().mean() if len(kl) else float("nan")]
-    return {"behaviour": pd.DataFrame(rows), "behaviour_summary": summary_df, "token_kl": kl}
+    table = pd.DataFrame(rows)
+    return {"behaviour": table, "behaviour_summary": summary_df, "token_kl": kl,
+            "behaviour_change": behaviour_change(table, seed)}
+
+
+CHANGE_STATS = {  # statistic -> function of a model's samples (rows of the behaviour table)
+    "reward_mean": lambda d: float(d.reward.mean()),
+    "eos_rate": lambda d: float(d.eos.astype(float).mean()),
+    "length_mean": lambda d: float(d.length.mean()),
+    "distinct_2": lambda d: distinct_n(list(d.response), 2),
+    "repetition_3": lambda d: repetition_rate(list(d.response), 3),
+}
+
+
+def behaviour_change(table: pd.DataFrame, seed: int = 0, n_boot: int = 500) -> pd.DataFrame:
+    """tuned − base of each text statistic with a 95% bootstrap CI (samples of each model resampled independently):
+    a threshold on a change is read against its CI, so sampling noise alone cannot flip a finding."""
+    rng = np.random.default_rng(seed)
+    models = {m: table[table.model == m].reset_index(drop=True) for m in ("base", "tuned")}
+    rows = []
+    for stat, fn in CHANGE_STATS.items():
+        b, t = fn(models["base"]), fn(models["tuned"])
+        boots = [fn(models["tuned"].iloc[rng.integers(0, len(models["tuned"]), len(models["tuned"]))])
+                 - fn(models["base"].iloc[rng.integers(0, len(models["base"]), len(models["base"]))])
+                 for _ in range(n_boot)]
+        lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+        rows.append({"statistic": stat, "base": b, "tuned": t, "change": t - b, "ci_low": float(lo),
+                     "ci_high": float(hi), "n_base": len(models["base"]), "n_tuned": len(models["tuned"])})
+    return pd.DataFrame(rows)
 
 
 def _token_kl(pair: ModelPair, s: Samples, chunk: int = 8) -> list[dict]:

@@ -46,20 +46,41 @@ def _behaviour(t: Tables, summary: dict[str, Any]) -> list[str]:
         b, tu = bs.set_index("model").loc["base"], bs.set_index("model").loc["tuned"]
         out.append(f"Sampled continuations: mean reward {b.reward_mean:+.3f} → {tu.reward_mean:+.3f}, paying "
                    f"{tu.kl_per_sequence:.2f} nats of KL(tuned ‖ base) per sequence.")
-        hacking = []
-        if tu.distinct_2 < b.distinct_2 - 0.1:
-            hacking.append(f"distinct-2 fell {b.distinct_2:.2f} → {tu.distinct_2:.2f}")
-        if tu.repetition_3 > max(0.1, 2 * b.repetition_3):
-            hacking.append(f"3-gram repetition rose {b.repetition_3:.3f} → {tu.repetition_3:.3f}")
-        if abs(tu.eos_rate - b.eos_rate) > 0.2:
-            hacking.append(f"EOS rate moved {b.eos_rate:.2f} → {tu.eos_rate:.2f}")
-        if hacking:
-            out.append("Signs of reward hacking: " + "; ".join(hacking) + ".")
-        else:
-            out.append(f"No strong sign of reward hacking in the text statistics: distinct-2 {b.distinct_2:.2f} → "
-                       f"{tu.distinct_2:.2f}, 3-gram repetition {b.repetition_3:.3f} → {tu.repetition_3:.3f}, "
-                       f"EOS rate {b.eos_rate:.2f} → {tu.eos_rate:.2f}.")
+        bc = t.get("behaviour_change")
+        if bc is not None and len(bc):
+            out.append(_hacking(bc.set_index("statistic")))
     return out
+
+
+# text statistic -> (threshold on tuned − base in the hacking direction, sign of that direction, format)
+HACKING_SIGNS = {"distinct_2": (0.1, -1, ".2f"), "repetition_3": (0.05, +1, ".3f"), "eos_rate": (0.2, 0, ".2f")}
+
+
+def _hacking(bc: pd.DataFrame) -> str:
+    """Reward-hacking signs read against the 95% bootstrap CI of each change (`behaviour_change`): a sign only when
+    the whole CI lies beyond the threshold, "not conclusive" when the CI straddles it, so kernel-level noise between
+    two re-runs cannot flip the sentence without the CI showing it."""
+    signs, unclear, calm = [], [], []
+    for stat, (thr, sign, fmt) in HACKING_SIGNS.items():
+        if stat not in bc.index:
+            continue
+        r = bc.loc[stat]
+        lo, hi = (r.ci_low, r.ci_high) if sign >= 0 else (-r.ci_high, -r.ci_low)
+        if sign == 0:  # either direction: the |change| interval
+            lo, hi = (0.0 if r.ci_low <= 0 <= r.ci_high else min(abs(r.ci_low), abs(r.ci_high))), max(
+                abs(r.ci_low), abs(r.ci_high))
+        text = (f"{stat.replace('_', '-')} {r.base:{fmt}} → {r.tuned:{fmt}} (change {r.change:+{fmt}}, 95% CI "
+                f"{r.ci_low:+{fmt}} to {r.ci_high:+{fmt}}; threshold {thr:g})")
+        (signs if lo > thr else unclear if hi > thr else calm).append(text)
+    parts = []
+    if signs:
+        parts.append("Signs of reward hacking (the whole 95% CI beyond the threshold): " + "; ".join(signs) + ".")
+    if unclear:
+        parts.append("Not conclusive (the CI straddles the threshold): " + "; ".join(unclear) + ".")
+    if not signs and not unclear:
+        parts.append("No sign of reward hacking in the text statistics (every CI within its threshold): "
+                     + "; ".join(calm) + ".")
+    return " ".join(parts)
 
 
 def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
@@ -79,11 +100,18 @@ def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
             r = sub.loc[sub.effect.abs().idxmax()]
             out.append(f"The attention/MLP output whose patching recovers most of the gap is {r.component} at layer "
                        f"{int(r.layer)}, position {int(r.pos)} ({r.token!r}): {r.effect:+.1%}.")
-        un = pl[(pl.component == "unembed") & (pl.direction == "tuned_to_base")]
-        if len(un):
-            out.append(f"Reading the base model's final residual through the tuned model's final LayerNorm gain and "
-                       f"unembedding recovers {un.effect.iloc[0]:+.1%} of the gap (GPT-2 ties W_U to W_E, so PPO "
-                       f"moves the unembedding directly).")
+        rows = pl[(pl.direction == "tuned_to_base") & pl.component.isin(
+            ["unembed", "final_resid", "final_resid+unembed", "interaction"])].set_index("component").effect
+        if "unembed" in rows:
+            text = (f"Swapping the read-out (final norm gain and bias, and the unembedding) from tuned into base "
+                    f"recovers {rows['unembed']:+.1%} of the gap (`patching_layers`, component unembed)")
+            if "final_resid" in rows:
+                text += (f"; swapping the final residual stream alone (the input of the final norm, at the read-out "
+                         f"position) recovers {rows['final_resid']:+.1%}")
+            if "interaction" in rows:
+                text += f"; both together recover {rows.get('final_resid+unembed', float('nan')):+.1%}, " \
+                        f"an interaction of {rows['interaction']:+.1%}"
+            out.append(text + ".")
     return out
 
 
@@ -91,12 +119,20 @@ def _dla_and_weights(t: Tables, summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
     dl = t.get("dla_layers")
     if dl is not None and len(dl):
-        d = dl[(dl.model == "delta") & dl.component.isin(["attn", "mlp", "embed", "pos_embed"])]
-        if len(d):
-            r = d.loc[d.attribution.abs().idxmax()]
+        comps = dl.component.isin(["attn", "mlp", "embed", "pos_embed"])
+        act = dl[(dl.model == "delta_activation") & comps]
+        total = dl[dl.component == "total"].set_index("model").attribution
+        if len(act) and {"delta", "delta_readout"} <= set(total.index) and total["delta"] != 0:
+            out.append(f"Direct logit attribution (`dla_layers`): of the mean metric change {total['delta']:+.3f}, "
+                       f"{total['delta_readout']:+.3f} ({total['delta_readout'] / total['delta']:.0%}) is the "
+                       f"read-out (final-norm scale, gain and unembedding applied to fixed activations) and "
+                       f"{total['delta_activation']:+.3f} the components' own activations (midpoint split).")
+            r = act.loc[act.attribution.abs().idxmax()]
             where = r.component + ("" if pd.isna(r.layer) else str(int(r.layer)))
-            out.append(f"Direct logit attribution: the largest change in a component's direct contribution is {where} "
-                       f"({r.attribution:+.3f}).")
+            d = dl[(dl.model == "delta") & (dl.component == r.component)
+                   & ((dl.layer == r.layer) | (dl.layer.isna() & pd.isna(r.layer)))].attribution
+            out.append(f"The component whose own direct contribution changed most (activation part) is {where}: "
+                       f"{r.attribution:+.3f}" + (f" of its total delta {d.iloc[0]:+.3f}" if len(d) else "") + ".")
     corr = summary.get("attribution_vs_exact_correlation")
     if corr:
         out.append(f"Attribution patching correlates with exact patching at r = {corr.get('head', float('nan')):.2f} "
