@@ -65,3 +65,43 @@ def test_unsupported_architecture_is_one_line(tiny, tmp_path):
         resolve_model_spec(str(bad))
     msg = str(e.value)
     assert "\n" not in msg and "MadeUpForCausalLM" in msg and "LlamaForCausalLM" in msg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_full_compare_ranks_planted_head_and_neuron_first(tiny, tmp_path, family):
+    """The whole suite runs on every family, DLA parts sum to the metric change, and a planted head (1, 1) and a
+    planted neuron (0, 5) come first by DLA's activation part, weight diff and exact patching."""
+    import rlhf_interp
+
+    head = plant_head(tiny[family], tmp_path / "head", family, 1, 1)
+    out = tmp_path / "out"
+    t = rlhf_interp.compare(str(tiny[family]), str(head), samples_per_prompt=1, new_tokens=4, report=False,
+                            out=out, strict=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "failed" not in summary, summary.get("failed")
+    dl = t["dla_layers"].set_index(["component", "model"]).attribution
+    assert abs(dl[("total", "delta_activation")] + dl[("total", "delta_readout")] - dl[("total", "delta")]) < 1e-5
+    assert abs(dl[("total", "delta")] - summary["metric"]["gap"]) < 1e-4
+    heads = t["dla_heads"][t["dla_heads"].model == "delta_activation"]
+    assert tuple(heads.loc[heads.attribution.abs().idxmax(), ["layer", "head"]]) == (1, 1)
+    ov = t["weight_diff"][t["weight_diff"].component == "OV"]
+    assert tuple(ov.loc[ov.rel_change.idxmax(), ["layer", "head"]]) == (1, 1)
+    ph = t["patching_heads"][t["patching_heads"].direction == "tuned_to_base"]
+    if family == "gemma3":  # post-attention norm: whole-head output is not additive, so it is not reported
+        assert ph.effect.isna().all()
+    else:
+        top = ph.loc[ph.effect.abs().idxmax()]
+        assert (int(top.layer), int(top["head"])) == (1, 1) and abs(top.effect - 1) < 1e-3
+
+    neuron = plant_neuron(tiny[family], tmp_path / "neuron", family, 0, 5)
+    t = rlhf_interp.compare(str(tiny[family]), str(neuron), analyses="logit_diff,dla,patching,weight_diff",
+                            report=False)
+    nr = t["dla_neurons"][t["dla_neurons"].model == "delta_activation"]
+    assert tuple(nr.loc[nr.attribution.abs().idxmax(), ["layer", "neuron"]]) == (0, 5)
+    mlp = t["weight_diff"][t["weight_diff"].component.isin(["mlp_in", "mlp_out"])]
+    assert int(mlp.loc[mlp.rel_change.idxmax(), "layer"]) == 0
+    pl = t["patching_layers"]
+    pl = pl[(pl.direction == "tuned_to_base") & pl.component.isin(["attn_out", "mlp_out"])]
+    top = pl.loc[pl.effect.abs().idxmax()]
+    assert (top.component, int(top.layer)) == ("mlp_out", 0)

@@ -15,6 +15,9 @@ from torch import Tensor
 
 from rlhf_interp.errors import UserError
 
+# models whose attention output passes a norm before it joins the residual stream (Gemma 2/3 "sandwich" norms): a
+# single head's output difference (z·W_O) is then not an additive part of `hook_attn_out`
+POST_ATTN_NORM = {"Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"}
 NORMS = {"LN": True, "LNPre": True, "RMS": False, "RMSPre": False}  # normalization_type -> centres?
 
 
@@ -25,6 +28,7 @@ class Arch:
     pos_embed: bool
     n_heads: int
     n_kv_heads: int
+    post_attn_norm: bool = False
 
     def embedding_hooks(self) -> dict[str, str]:
         """Row name -> hook of what enters the residual stream before the first block."""
@@ -52,5 +56,6 @@ def adapter_for(model: Any) -> Arch:
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
     return Arch(norm=norm, centres=NORMS[norm], n_heads=n_heads, n_kv_heads=n_kv,
-                pos_embed=getattr(cfg, "positional_embedding_type", "standard") == "standard")
+                pos_embed=getattr(cfg, "positional_embedding_type", "standard") == "standard",
+                post_attn_norm=str(getattr(cfg, "architecture", "")) in POST_ATTN_NORM)
 

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from rlhf_interp.analysis.arch import adapter_for
 from rlhf_interp.analysis.fused import Clean, FusedGPT2, engine_for
 from rlhf_interp.analysis.pair import ModelPair
 
@@ -331,7 +332,11 @@ def swap_unembed(receiver: Any, donor: Any, tokens: Tensor, metric: Callable[[Te
 
 
 def patching_heads(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
-    """Each head at all positions, both directions, over all prompts: `effect` (whole head output) and `effect_z`."""
+    """Each head at all positions, both directions, over all prompts: `effect` (whole head output) and `effect_z`.
+
+    Where the attention output passes a norm before the residual stream (Gemma 2/3), one head's output difference is
+    not additive there: `effect` is left NaN (not computed) and `effect_z` is the per-head reading."""
+    additive = not adapter_for(pair.base).post_attn_norm
     grid = [(layer, h) for layer in range(pair.n_layers) for h in range(pair.n_heads)]
     z_cells = [Cell(HEAD_HOOK, layer, head=h) for layer, h in grid]
     out_cells = [Cell(ATTN_OUT, layer, head=h, op="add") for layer, h in grid]
@@ -344,8 +349,11 @@ def patching_heads(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
         for idx, tokens in pair.groups:  # weighted mean over groups of equal-length prompts
             w = len(idx) / n
             cache = run_cache(donor, tokens, sorted({c.name for c in z_cells}))  # donor hook_z, every layer
-            deltas = head_output_deltas(receiver, donor, tokens, pair.n_layers, pair.n_heads, donor_cache=cache)
-            total_out += patch_sweep(receiver, deltas, tokens, out_cells, pair.metric, cells_per_forward) * w
+            if additive:
+                deltas = head_output_deltas(receiver, donor, tokens, pair.n_layers, pair.n_heads, donor_cache=cache)
+                total_out += patch_sweep(receiver, deltas, tokens, out_cells, pair.metric, cells_per_forward) * w
+            else:
+                total_out[:] = float("nan")
             total_z += patch_sweep(receiver, cache, tokens, z_cells, pair.metric, cells_per_forward) * w
             with torch.no_grad():
                 recv_clean += pair.metric(receiver(tokens)).sum().item() / n
@@ -359,8 +367,13 @@ def patching_heads(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
 
 
 def patching_head_pos(pair: ModelPair, heads: pd.DataFrame, top: int = 4, cells_per_forward: int = 8) -> pd.DataFrame:
-    """Head × position (whole head output) for the `top` heads by |effect| (tuned_to_base), both directions."""
-    chosen = heads[heads.direction == "tuned_to_base"].assign(a=lambda d: d.effect.abs()).nlargest(top, "a")
+    """Head × position (whole head output) for the `top` heads by |effect| (tuned_to_base), both directions; where
+    the head output is not additive (post-attention norm, see `patching_heads`) the head's hook_z at that position."""
+    if not adapter_for(pair.base).post_attn_norm:
+        chosen = heads[heads.direction == "tuned_to_base"].assign(a=lambda d: d.effect.abs()).nlargest(top, "a")
+    else:
+        chosen = heads[heads.direction == "tuned_to_base"].assign(a=lambda d: d.effect_z.abs()).nlargest(top, "a")
+        return _head_pos_z(pair, chosen, cells_per_forward)
     _, tokens = pair.main_group
     labels = _token_labels(pair, tokens)
     cells = [Cell(ATTN_OUT, int(r.layer), head=int(r.head), pos=p, op="add") for r in chosen.itertuples()
@@ -373,6 +386,25 @@ def patching_head_pos(pair: ModelPair, heads: pd.DataFrame, top: int = 4, cells_
         sources = {c.key: deltas[Cell(ATTN_OUT, c.layer, head=c.head, op="add").key] for c in cells}
         recv_clean, donor_clean = clean_metrics(receiver, donor, tokens, pair.metric)
         patched = patch_sweep(receiver, sources, tokens, cells, pair.metric, cells_per_forward)
+        for cell, m, e in zip(cells, patched.tolist(), _fraction(patched, recv_clean, donor_clean).tolist(),
+                              strict=True):
+            rows.append({"direction": direction, "layer": cell.layer, "head": cell.head, "pos": cell.pos,
+                         "token": labels[cell.pos], "metric": m, "effect": e})
+    return pd.DataFrame(rows)
+
+
+def _head_pos_z(pair: ModelPair, chosen: pd.DataFrame, cells_per_forward: int) -> pd.DataFrame:
+    """Head × position by replacing the head's hook_z at one position (the reading where head outputs do not add)."""
+    _, tokens = pair.main_group
+    labels = _token_labels(pair, tokens)
+    cells = [Cell(HEAD_HOOK, int(r.layer), head=int(r.head), pos=p) for r in chosen.itertuples()
+             for p in range(tokens.shape[1])]
+    rows = []
+    for direction, (recv_name, donor_name) in DIRECTIONS.items():
+        receiver, donor = pair.model(recv_name), pair.model(donor_name)
+        cache = run_cache(donor, tokens, sorted({c.name for c in cells}))
+        recv_clean, donor_clean = clean_metrics(receiver, donor, tokens, pair.metric)
+        patched = patch_sweep(receiver, cache, tokens, cells, pair.metric, cells_per_forward)
         for cell, m, e in zip(cells, patched.tolist(), _fraction(patched, recv_clean, donor_clean).tolist(),
                               strict=True):
             rows.append({"direction": direction, "layer": cell.layer, "head": cell.head, "pos": cell.pos,

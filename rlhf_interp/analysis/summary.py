@@ -12,6 +12,11 @@ import pandas as pd
 from rlhf_interp.io import atomic_write_text, write_table
 
 
+def head_effect_column(df: pd.DataFrame | None) -> str:
+    """`effect` (whole head output), or `effect_z` where head outputs are not additive and `effect` is NaN."""
+    return "effect" if df is None or not len(df) or df.effect.notna().any() else "effect_z"
+
+
 def _top(df: pd.DataFrame | None, value: str, keys: list[str], n: int = 5, **where: Any) -> list[dict[str, Any]]:
     if df is None or not len(df):
         return []
@@ -52,12 +57,14 @@ def build_summary(pair: Any, tables: dict[str, pd.DataFrame], timings: dict[str,
                    "base": base_m.mean().item(), "tuned": tuned_m.mean().item(),
                    "gap": (tuned_m - base_m).mean().item()},
         "top": {
-            "patching_heads": _top(tables.get("patching_heads"), "effect", ["layer", "head"],
+            "patching_heads": _top(tables.get("patching_heads"), head_effect_column(tables.get("patching_heads")),
+                                   ["layer", "head"],
                                    direction="tuned_to_base"),
             "patching_layers": _top(tables.get("patching_layers"), "effect", ["component", "layer", "pos", "token"],
                                     direction="tuned_to_base"),
-            "dla_heads": _top(tables.get("dla_heads"), "attribution", ["layer", "head"], model="delta"),
-            "dla_layers": _top(tables.get("dla_layers"), "attribution", ["component", "layer"], model="delta"),
+            "dla_heads": _top(tables.get("dla_heads"), "attribution", ["layer", "head"], model="delta_activation"),
+            "dla_layers": _top(tables.get("dla_layers"), "attribution", ["component", "layer"],
+                               model="delta_activation"),
             "dla_neurons": _top(tables.get("dla_neurons"), "attribution", ["layer", "neuron"], model="delta"),
             "ablation_tuned": _top(tables.get("ablation"), "effect", ["component", "layer", "head", "kind"],
                                    model="tuned"),

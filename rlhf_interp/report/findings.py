@@ -6,6 +6,8 @@ from typing import Any
 
 import pandas as pd
 
+from rlhf_interp.analysis.summary import head_effect_column
+
 Tables = dict[str, pd.DataFrame]
 
 
@@ -87,11 +89,13 @@ def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
     ph = t.get("patching_heads")
     if ph is not None and len(ph):
-        sub = ph[ph.direction == "tuned_to_base"].dropna(subset=["effect"])
-        top = sub.reindex(sub.effect.abs().sort_values(ascending=False).index).head(3)
-        cells = ", ".join(f"L{int(r.layer)}H{int(r['head'])} ({r.effect:+.1%})" for _, r in top.iterrows())
-        out.append(f"Patching one head's output from tuned into base: the largest effects (fraction of the gap) are "
-                   f"{cells}.")
+        col = head_effect_column(ph)
+        sub = ph[ph.direction == "tuned_to_base"].dropna(subset=[col])
+        top = sub.reindex(sub[col].abs().sort_values(ascending=False).index).head(3)
+        cells = ", ".join(f"L{int(r.layer)}H{int(r['head'])} ({r[col]:+.1%})" for _, r in top.iterrows())
+        what = "one head's output" if col == "effect" else ("one head's hook_z (its output passes a post-attention "
+                                                            "norm, so head outputs do not add)")
+        out.append(f"Patching {what} from tuned into base: the largest effects (fraction of the gap) are {cells}.")
     pl = t.get("patching_layers")
     if pl is not None and len(pl):
         sub = pl[(pl.direction == "tuned_to_base") & pl.component.isin(["attn_out", "mlp_out"])].dropna(
