@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# RLHF_INTERP_TEST_THREADS=1 runs the suite single-threaded (results must not depend on the kernels' thread count)
+torch.set_num_threads(int(os.environ.get("RLHF_INTERP_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import make_tiny_gpt2  # noqa: E402
