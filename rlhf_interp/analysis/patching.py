@@ -369,42 +369,24 @@ def patching_heads(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
 def patching_head_pos(pair: ModelPair, heads: pd.DataFrame, top: int = 4, cells_per_forward: int = 8) -> pd.DataFrame:
     """Head × position (whole head output) for the `top` heads by |effect| (tuned_to_base), both directions; where
     the head output is not additive (post-attention norm, see `patching_heads`) the head's hook_z at that position."""
-    if not adapter_for(pair.base).post_attn_norm:
-        chosen = heads[heads.direction == "tuned_to_base"].assign(a=lambda d: d.effect.abs()).nlargest(top, "a")
-    else:
-        chosen = heads[heads.direction == "tuned_to_base"].assign(a=lambda d: d.effect_z.abs()).nlargest(top, "a")
-        return _head_pos_z(pair, chosen, cells_per_forward)
+    additive = not adapter_for(pair.base).post_attn_norm
+    col = "effect" if additive else "effect_z"
+    chosen = heads[heads.direction == "tuned_to_base"].assign(a=lambda d: d[col].abs()).nlargest(top, "a")
     _, tokens = pair.main_group
     labels = _token_labels(pair, tokens)
-    cells = [Cell(ATTN_OUT, int(r.layer), head=int(r.head), pos=p, op="add") for r in chosen.itertuples()
+    hook, op = (ATTN_OUT, "add") if additive else (HEAD_HOOK, "replace")
+    cells = [Cell(hook, int(r.layer), head=int(r.head), pos=p, op=op) for r in chosen.itertuples()
              for p in range(tokens.shape[1])]
     rows = []
     for direction, (recv_name, donor_name) in DIRECTIONS.items():
         receiver, donor = pair.model(recv_name), pair.model(donor_name)
-        deltas = head_output_deltas(receiver, donor, tokens, pair.n_layers, pair.n_heads)
-        # the head's output difference, added at the cell's position only
-        sources = {c.key: deltas[Cell(ATTN_OUT, c.layer, head=c.head, op="add").key] for c in cells}
+        if additive:  # the head's output difference, added at the cell's position only
+            deltas = head_output_deltas(receiver, donor, tokens, pair.n_layers, pair.n_heads)
+            sources = {c.key: deltas[Cell(ATTN_OUT, c.layer, head=c.head, op="add").key] for c in cells}
+        else:  # the donor's hook_z of that head at that position
+            sources = run_cache(donor, tokens, sorted({c.name for c in cells}))
         recv_clean, donor_clean = clean_metrics(receiver, donor, tokens, pair.metric)
         patched = patch_sweep(receiver, sources, tokens, cells, pair.metric, cells_per_forward)
-        for cell, m, e in zip(cells, patched.tolist(), _fraction(patched, recv_clean, donor_clean).tolist(),
-                              strict=True):
-            rows.append({"direction": direction, "layer": cell.layer, "head": cell.head, "pos": cell.pos,
-                         "token": labels[cell.pos], "metric": m, "effect": e})
-    return pd.DataFrame(rows)
-
-
-def _head_pos_z(pair: ModelPair, chosen: pd.DataFrame, cells_per_forward: int) -> pd.DataFrame:
-    """Head × position by replacing the head's hook_z at one position (the reading where head outputs do not add)."""
-    _, tokens = pair.main_group
-    labels = _token_labels(pair, tokens)
-    cells = [Cell(HEAD_HOOK, int(r.layer), head=int(r.head), pos=p) for r in chosen.itertuples()
-             for p in range(tokens.shape[1])]
-    rows = []
-    for direction, (recv_name, donor_name) in DIRECTIONS.items():
-        receiver, donor = pair.model(recv_name), pair.model(donor_name)
-        cache = run_cache(donor, tokens, sorted({c.name for c in cells}))
-        recv_clean, donor_clean = clean_metrics(receiver, donor, tokens, pair.metric)
-        patched = patch_sweep(receiver, cache, tokens, cells, pair.metric, cells_per_forward)
         for cell, m, e in zip(cells, patched.tolist(), _fraction(patched, recv_clean, donor_clean).tolist(),
                               strict=True):
             rows.append({"direction": direction, "layer": cell.layer, "head": cell.head, "pos": cell.pos,
