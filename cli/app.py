@@ -191,7 +191,8 @@ def compare(
     tuned: Annotated[str | None, typer.Argument(
         metavar="TUNED", help="Tuned model (omit when BASE is a run directory).")] = None,
     prompts: Annotated[Path | None, typer.Option(help="Prompt file; default: the model's default prompt set.")] = None,
-    metric: Annotated[str, typer.Option(help="logit_diff (default), target:TEXT or reward:DIR.")] = "logit_diff",
+    metric: Annotated[str, typer.Option(help="logit_diff (default; logprob_diff where the words are not single "
+                                             "tokens), logprob_diff, target:TEXT or reward:DIR.")] = "logit_diff",
     analyses: Annotated[str, typer.Option(help="Comma-separated analyses, or 'all': " + _analysis_names())] = "all",
     out: Annotated[Path | None, typer.Option(help="Output directory (default compare-out/<tuned name>).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling and bootstrap.")] = 0,
@@ -220,6 +221,8 @@ def compare(
     m = summary["metric"]
     typer.echo(f"{m['name']}: base {sig(m['base'], 3)}, tuned {sig(m['tuned'], 3)}, gap {sig(m['gap'], 3)} "
                f"over {summary['prompts']} prompts")
+    if m["name"] == "logprob_diff":
+        typer.echo(f"metric logprob_diff: {m.get('reason', '')}")
     top = summary["top"].get("patching_heads") or []
     if top:
         typer.echo("top heads by patching tuned->base (share of the gap recovered): " + ", ".join(

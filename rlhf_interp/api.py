@@ -31,7 +31,9 @@ def load_pair(
             `tuned`: its base/ and tuned/ are loaded).
         tuned: tuned model, same forms as `base`.
         prompts: a list of prompt strings, a prompt file (one per line or JSONL), or None for the model's default set.
-        metric: 'logit_diff' (mean log-prob of positive minus negative words at the next token) or 'target:TEXT'.
+        metric: 'logit_diff' (mean logit of positive minus negative single-token words at the next token; where
+            fewer than 3 of either are single tokens it becomes 'logprob_diff': the mean log-prob of each word's full
+            tokenization, positive minus negative), 'logprob_diff', 'target:TEXT' or 'reward:DIR'.
         device: 'cpu', 'cuda', 'auto'.
         positive, negative: the metric's word lists (comma list or @file); default: the built-in sentiment words.
 

@@ -20,7 +20,7 @@ def _means(model: Any, pair: ModelPair, names: list[str]) -> dict[str, Tensor]:
     sums: dict[str, Tensor] = {}
     count = 0
     wanted = set(names)
-    for _, tokens in pair.groups:
+    for _, tokens in pair.prompt_groups():  # the prompts' own positions (not tokens a metric appends)
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
         for name in names:
             sums[name] = sums.get(name, 0) + cache[name].sum((0, 1))

@@ -23,7 +23,7 @@ def attention_diff(pair: ModelPair) -> pd.DataFrame:
     names = [f"blocks.{L}.attn.hook_pattern" for L in range(pair.n_layers)]
     total = torch.zeros(pair.n_layers, pair.n_heads)
     count = 0
-    for _, tokens in pair.groups:
+    for _, tokens in pair.prompt_groups():
         _, cb = pair.base.run_with_cache(tokens, names_filter=lambda n: n in names)
         _, ct = pair.tuned.run_with_cache(tokens, names_filter=lambda n: n in names)
         for L, name in enumerate(names):
@@ -44,7 +44,7 @@ def attention_patterns(pair: ModelPair, diff: pd.DataFrame, top: int = 4, max_pr
     layers = sorted({L for L, _ in heads})
     names = {f"blocks.{L}.attn.hook_pattern" for L in layers}
     rows = []
-    for idx, tokens in pair.groups:
+    for idx, tokens in pair.prompt_groups():
         for b, i in enumerate(idx):
             if i >= max_prompts:
                 continue

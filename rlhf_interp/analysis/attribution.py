@@ -59,7 +59,7 @@ def attribution_patching(pair: ModelPair) -> pd.DataFrame:
             for comp, hook in LAYER_COMPONENTS.items():
                 name = hook.format(L=L)
                 est = ((donor_acts[name] - recv_acts[name]) * grads[name]).sum((0, 2))  # (pos,)
-                for p in range(tokens.shape[1]):
+                for p in range(pair.metric.prompt_length(tokens)):  # prompt positions, as exact patching
                     rows.append({"direction": direction, "kind": "layer", "component": comp, "layer": L, "head": None,
                                  "pos": p, "token": labels[p], "approx": est[p].item() / gap})
     df = pd.DataFrame(rows)

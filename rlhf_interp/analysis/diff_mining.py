@@ -17,7 +17,7 @@ from rlhf_interp.analysis.adl import diff_corpus
 
 @torch.no_grad()
 def diff_mining(pair: Any, ctx: dict[str, Any], k: int = 10, top: int = 30) -> pd.DataFrame:
-    batches = list(diff_corpus(pair, ctx)) + [tokens for _, tokens in pair.groups]
+    batches = list(diff_corpus(pair, ctx)) + [tokens for _, tokens in pair.prompt_groups()]
     vocab = int(pair.base.cfg.d_vocab)
     counts = {"promoted": torch.zeros(vocab), "suppressed": torch.zeros(vocab)}
     total, n = torch.zeros(vocab), 0

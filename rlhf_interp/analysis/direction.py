@@ -61,6 +61,7 @@ def direction(pair: ModelPair, seed: int = 0) -> pd.DataFrame:
     dirs = {m: _mean_resid(pair.model(m), pair.tokenizer, pos, n_layers)
             - _mean_resid(pair.model(m), pair.tokenizer, neg, n_layers) for m in ("base", "tuned")}
     _, tokens = pair.main_group
+    last = pair.metric.prompt_length(tokens) - 1  # the last prompt position (logprob_diff appends words after it)
     names = [f"blocks.{L}.hook_resid_post" for L in range(n_layers)]
     _, tuned_cache = pair.tuned.run_with_cache(tokens, names_filter=lambda n: n in names)
     _, base_cache = pair.base.run_with_cache(tokens, names_filter=lambda n: n in names)
@@ -70,10 +71,10 @@ def direction(pair: ModelPair, seed: int = 0) -> pd.DataFrame:
     for L in range(n_layers):
         u = dirs["base"][L] / dirs["base"][L].norm()
         name = names[L]
-        diff = tuned_cache[name][:, -1] - base_cache[name][:, -1]  # (batch, d_model)
+        diff = tuned_cache[name][:, last] - base_cache[name][:, last]  # (batch, d_model)
 
         def hook(act: Tensor, hook: Any = None, diff: Tensor = diff, u: Tensor = u) -> Tensor:
-            act[:, -1] = act[:, -1] + (diff @ u).unsqueeze(-1) * u
+            act[:, last] = act[:, last] + (diff @ u).unsqueeze(-1) * u
             return act
 
         patched = pair.metric(pair.base.run_with_hooks(tokens, fwd_hooks=[(name, hook)])).mean().item()

@@ -142,10 +142,20 @@ def dla_parts(pair: ModelPair) -> dict[tuple[str, str], Any]:
 
 def dla_tables(pair: ModelPair, top_neurons: int = 20) -> dict[str, pd.DataFrame]:
     """`dla_layers`, `dla_heads`, `dla_neurons`: mean attribution over prompts for base, tuned, delta and the delta's
-    activation and read-out parts (`model` column)."""
-    if not pair.metric.linear:
+    activation and read-out parts (`model` column). On `logprob_diff` they decompose its first-token term exactly
+    (column `term` = first_token; `Metric.linear_part`); on a metric with no linear part they are empty."""
+    view = pair.linear_view()
+    if view is None:
         empty = pd.DataFrame(columns=["layer", "component", "model", "attribution"])
         return {"dla_layers": empty, "dla_heads": empty.rename(columns={"component": "head"}), "dla_neurons": empty}
+    tables = _dla_tables(view, top_neurons)
+    if view is not pair:  # logprob_diff: what was decomposed is its first-token term (see LogprobDiff)
+        for df in tables.values():
+            df["term"] = "first_token"
+    return tables
+
+
+def _dla_tables(pair: ModelPair, top_neurons: int) -> dict[str, pd.DataFrame]:
     c = dla_parts(pair)
     layer_rows, head_rows, neuron_rows = [], [], []
     for key in c[("b", "b")]["layers"]:

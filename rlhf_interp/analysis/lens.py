@@ -33,8 +33,18 @@ def _residuals(model: Any, pair: ModelPair, names: list[str]) -> Tensor:
 
 @torch.no_grad()
 def logit_lens(pair: ModelPair) -> pd.DataFrame:
-    if not pair.metric.linear:
+    """On `logprob_diff` the lens reads its first-token term (column `term` = first_token; `Metric.linear_part`);
+    on a metric with no linear part the table is empty."""
+    view = pair.linear_view()
+    if view is None:
         return pd.DataFrame(columns=["layer", "component", "model", "metric"])
+    df = _logit_lens(view)
+    if view is not pair:
+        df["term"] = "first_token"
+    return df
+
+
+def _logit_lens(pair: ModelPair) -> pd.DataFrame:
     n_layers = pair.n_layers
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{L}.hook_resid_post" for L in range(n_layers)]
     centre = adapter_for(pair.base).centres

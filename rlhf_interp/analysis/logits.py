@@ -37,8 +37,7 @@ def token_shift(pair: ModelPair, top: int = 25) -> pd.DataFrame:
     """Mean over prompts of log p_tuned(token) - log p_base(token) at the next-token position."""
     total = torch.zeros(pair.base.cfg.d_vocab)
     base_lp = torch.zeros_like(total)
-    for _, tokens in pair.groups:
-        prompt_tokens = tokens[:, : tokens.shape[1] - max(len(pair.metric.target_ids) - 1, 0)]
+    for _, prompt_tokens in pair.prompt_groups():
         lb = pair.base(prompt_tokens)[:, -1].float().log_softmax(-1)
         lt = pair.tuned(prompt_tokens)[:, -1].float().log_softmax(-1)
         total += (lt - lb).sum(0).cpu()

@@ -2,6 +2,12 @@
 sampling (loaded on first use, released after), the shared tokenizer, the prompts as token batches of equal length,
 and the metric.
 
+`groups` hold the tokens the metric is computed on: the prompts, extended by the metric where it reads more than the
+next token (`target:TEXT` appends its text; `logprob_diff` repeats each prompt once per word and appends that word, so
+a group of n prompts has n · W rows). Analyses that read the metric run on them; analyses of the prompts themselves
+(attention, activation means, diffing) use `prompt_groups()`; per-position patching patches prompt positions only
+(`metric.prompt_length`).
+
 The HF copies are separate because booting a bridge rewrites its HF module: its KV-cached forward no longer matches
 the model (sampled tokens differ), while its full forward does.
 
@@ -13,7 +19,7 @@ decompositions add up, with `fold_value_biases=False` so that a patched head car
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +110,21 @@ class ModelPair:
 
     def all_tokens(self) -> list[Tensor]:
         return [tokens for _, tokens in self.groups]
+
+    def prompt_groups(self) -> list[tuple[list[int], Tensor]]:
+        """`groups` with the prompts alone (one row per prompt, no appended tokens)."""
+        return [(idx, self.metric.prompt_tokens(tokens)) for idx, tokens in self.groups]
+
+    def linear_view(self) -> ModelPair | None:
+        """This pair with the linear part of its metric (`Metric.linear_part`) on the prompt tokens, for DLA and the
+        logit lens: the pair itself where the metric is linear; for `logprob_diff` its first-token term (a logit
+        difference at the last prompt position); None where no part is linear (`target:TEXT`)."""
+        if self.metric.linear:
+            return self
+        part = self.metric.linear_part()
+        if part is None:
+            return None
+        return replace(self, metric=part, groups=self.prompt_groups())
 
 
 def group_prompts(tokenizer: Any, prompts: list[str], metric: Metric, n_ctx: int, device: str = "cpu"

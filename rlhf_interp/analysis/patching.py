@@ -42,6 +42,7 @@ DIRECTIONS = {"tuned_to_base": ("base", "tuned"), "base_to_tuned": ("tuned", "ba
 LAYER_COMPONENTS = {"resid_pre": "blocks.{L}.hook_resid_pre", "attn_out": "blocks.{L}.hook_attn_out",
                     "mlp_out": "blocks.{L}.hook_mlp_out"}
 HEAD_HOOK = "blocks.{L}.attn.hook_z"
+MAX_ROWS = 1024  # rows (patched copies × token rows) per forward at most
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def patch_sweep(
     runs on `FusedGPT2` (verified against the bridge's own forward first); otherwise, or where the architecture or a
     cell is not covered, every chunk of cells is one full forward through the bridge's hooks.
     """
+    cells_per_forward = max(1, min(cells_per_forward, MAX_ROWS // tokens.shape[0]))  # logprob_diff: n · W rows
     if fused and all(_covered(c) for c in cells):
         found = engine_for(receiver, tokens)
         if found is not None:
@@ -123,7 +125,7 @@ def _hooked_sweep(receiver: Any, sources: Any, tokens: Tensor, cells: Sequence[C
             writers[cell.name].append(_setter(slice(i * batch, (i + 1) * batch), cell, sources[cell.key]))
         hooks = [(name, _hook(ws)) for name, ws in writers.items()]
         logits = receiver.run_with_hooks(tokens.repeat(len(chunk), 1), fwd_hooks=hooks)
-        out[start : start + len(chunk)] = metric(logits).view(len(chunk), batch).mean(1).cpu()
+        out[start : start + len(chunk)] = metric(logits).view(len(chunk), -1).mean(1).cpu()  # -1: prompts per copy
     return out
 
 
@@ -174,7 +176,7 @@ def _fused_sweep(engine: FusedGPT2, clean: Clean, sources: Any, cells: Sequence[
     """Cells grouped by where they enter (layer, stage) and sorted by first changed position; a chunk shares one
     start position (its smallest, and no later than the first position the metric reads), and grows while that
     wastes at most a quarter of its work. Patched streams are built one chunk at a time."""
-    batch, n_pos = clean.tokens.shape
+    n_pos = clean.tokens.shape[1]
     keep = min(metric_positions(metric), n_pos)
     columns = getattr(metric, "vocab_ids", None)
     entries = [_entry(c) for c in cells]
@@ -193,7 +195,7 @@ def _fused_sweep(engine: FusedGPT2, clean: Clean, sources: Any, cells: Sequence[
                 chunk.append(idx.pop(0))
             x = torch.cat([_patched_stream(engine, clean, cells[i], sources[cells[i].key])[:, s0:] for i in chunk])
             logits = engine.run(layer, stage, x, s0, clean, keep, columns)  # x: (cells · batch, pos − s0, d_model)
-            values = (metric.on_columns(logits) if columns is not None else metric(logits)).view(len(chunk), batch)
+            values = (metric.on_columns(logits) if columns is not None else metric(logits)).view(len(chunk), -1)
             out[chunk] = values.mean(1).cpu()
     return out
 
@@ -208,7 +210,10 @@ def _hook(writers: list[Callable[[Tensor], None]]) -> Callable[..., Tensor]:
 
 
 def metric_positions(metric: Any) -> int:
-    """How many final positions the metric reads (logit_diff: 1; target:TEXT: len(TEXT tokens))."""
+    """How many final positions the metric reads (logit_diff: 1; target:TEXT: len(TEXT tokens); logprob_diff: the
+    longest word's tokens)."""
+    if hasattr(metric, "read_positions"):
+        return int(metric.read_positions)
     return max(1, len(getattr(metric, "target_ids", []) or []))
 
 
@@ -239,14 +244,15 @@ def _token_labels(pair: ModelPair, tokens: Tensor) -> list[str]:
 def patching_layers(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
     """resid_pre / attn_out / mlp_out × layer × position, both directions (on the largest equal-length prompt group),
     plus the rows after the last layer that close the books (`_closing_rows`): final residual, read-out, both, and
-    their interaction."""
+    their interaction. Positions are the prompt's (tokens a metric appends, `target:TEXT` or `logprob_diff` words,
+    are not patched one by one; the metric reads the patched forward at its own positions)."""
     _, tokens = pair.main_group
     labels = _token_labels(pair, tokens)
     rows = []
     for direction, (recv_name, donor_name) in DIRECTIONS.items():
         receiver, donor = pair.model(recv_name), pair.model(donor_name)
         cells = [Cell(hook, layer, pos=p) for comp, hook in LAYER_COMPONENTS.items()
-                 for layer in range(pair.n_layers) for p in range(tokens.shape[1])]
+                 for layer in range(pair.n_layers) for p in range(pair.metric.prompt_length(tokens))]
         cache = run_cache(donor, tokens, sorted({c.name for c in cells}))
         recv_clean, donor_clean = clean_metrics(receiver, donor, tokens, pair.metric)
         patched = patch_sweep(receiver, cache, tokens, cells, pair.metric, cells_per_forward)
@@ -267,11 +273,14 @@ def _closing_rows(pair: ModelPair, receiver: Any, donor: Any, tokens: Tensor, la
     """Rows that close the books after the last layer (layer = n_layers): `final_resid` (the input of the final norm
     swapped at the read-out position; `final_resid_all` at every position), `unembed` (the read-out swapped: final
     norm gain and bias and the unembedding, folded into W_U and b_U), `final_resid+unembed` (both: the donor's metric,
-    100%) and `interaction` = both − final_resid − unembed (what neither part carries alone)."""
+    100%) and `interaction` = both − final_resid − unembed (what neither part carries alone). Where the metric reads
+    several positions (`target:TEXT`, `logprob_diff`), `final_resid` swaps it at all of them (pos empty): the final
+    residual at a position reaches only that position's logits, so this equals `final_resid_all`."""
     last, n = tokens.shape[1] - 1, pair.n_layers
     name = FINAL_RESID.format(L=n - 1)
     cache = run_cache(donor, tokens, [name])
-    cells = [Cell(FINAL_RESID, n - 1, pos=last), Cell(FINAL_RESID, n - 1)]
+    several = metric_positions(pair.metric) > 1
+    cells = [Cell(FINAL_RESID, n - 1, pos=None if several else last), Cell(FINAL_RESID, n - 1)]
     at_last, at_all = patch_sweep(receiver, cache, tokens, cells, pair.metric, fused=False).tolist()
     metrics = {"final_resid": at_last, "final_resid_all": at_all,
                "unembed": swap_unembed(receiver, donor, tokens, pair.metric),
@@ -279,8 +288,9 @@ def _closing_rows(pair: ModelPair, receiver: Any, donor: Any, tokens: Tensor, la
     effects = {k: _fraction(torch.tensor([m]), recv_clean, donor_clean).item() for k, m in metrics.items()}
     effects["interaction"] = effects["final_resid+unembed"] - effects["final_resid_all"] - effects["unembed"]
     metrics["interaction"] = float("nan")
-    return [{"direction": direction, "component": k, "layer": n, "pos": None if k == "final_resid_all" else last,
-             "token": None if k == "final_resid_all" else labels[last], "metric": metrics[k], "effect": e}
+    at_pos = {"final_resid_all"} | (set(effects) if several else set())  # rows not at one position
+    return [{"direction": direction, "component": k, "layer": n, "pos": None if k in at_pos else last,
+             "token": None if k in at_pos else labels[last], "metric": metrics[k], "effect": e}
             for k, e in effects.items()]
 
 
@@ -376,7 +386,7 @@ def patching_head_pos(pair: ModelPair, heads: pd.DataFrame, top: int = 4, cells_
     labels = _token_labels(pair, tokens)
     hook, op = (ATTN_OUT, "add") if additive else (HEAD_HOOK, "replace")
     cells = [Cell(hook, int(r.layer), head=int(r.head), pos=p, op=op) for r in chosen.itertuples()
-             for p in range(tokens.shape[1])]
+             for p in range(pair.metric.prompt_length(tokens))]
     rows = []
     for direction, (recv_name, donor_name) in DIRECTIONS.items():
         receiver, donor = pair.model(recv_name), pair.model(donor_name)

@@ -28,6 +28,30 @@ def _top(df: pd.DataFrame | None, value: str, keys: list[str], n: int = 5, **whe
                 for k in keys}, value: float(r[value])} for _, r in df.iterrows()]
 
 
+def _multi_token(pair: Any) -> dict[str, Any]:
+    """For `logprob_diff`: each word's tokens, and the first-token term (what DLA and the logit lens decompose) for
+    both models beside the metric, so the share of the gap they explain can be read."""
+    import torch
+
+    from rlhf_interp.analysis.metric import LogprobDiff
+
+    metric = pair.metric
+    if not isinstance(metric, LogprobDiff):
+        return {}
+    decode = pair.tokenizer.decode
+    words = {w: [decode([t]) for t in ids] for w, ids in {**metric.positive_ids, **metric.negative_ids}.items()}
+    term = {}
+    for name in ("base", "tuned"):
+        values = torch.empty(len(pair.prompts))
+        with torch.no_grad():
+            for idx, tokens in pair.groups:
+                values[idx] = metric.first_token_term(pair.model(name)(tokens)).cpu()
+        term[name] = values
+    return {"tokenization": words, "max_word_tokens": metric.read_positions,
+            "first_token_term": {"base": term["base"].mean().item(), "tuned": term["tuned"].mean().item(),
+                                 "gap": (term["tuned"] - term["base"]).mean().item()}}
+
+
 def build_summary(pair: Any, tables: dict[str, pd.DataFrame], timings: dict[str, float], seed: int) -> dict[str, Any]:
     import torch
     import transformer_lens
@@ -35,6 +59,7 @@ def build_summary(pair: Any, tables: dict[str, pd.DataFrame], timings: dict[str,
 
     from rlhf_interp.analysis import file_sha256
     from rlhf_interp.analysis.attribution import correlations
+    from rlhf_interp.analysis.metric import analysis_scope
     from rlhf_interp.analysis.pair import metric_per_prompt
 
     base_m = metric_per_prompt(pair.base, pair)
@@ -52,10 +77,11 @@ def build_summary(pair: Any, tables: dict[str, pd.DataFrame], timings: dict[str,
         "tuned": describe(pair.tuned_source),
         "prompts": len(pair.prompts),
         "prompt_groups": [len(idx) for idx, _ in pair.groups],
-        "metric": {"name": pair.metric.name, "positive": sorted(pair.metric.positive),
+        "metric": {"name": pair.metric.name, "reason": pair.metric.reason, "positive": sorted(pair.metric.positive),
                    "negative": sorted(pair.metric.negative), "target": pair.metric.target,
                    "base": base_m.mean().item(), "tuned": tuned_m.mean().item(),
-                   "gap": (tuned_m - base_m).mean().item()},
+                   "gap": (tuned_m - base_m).mean().item(), **_multi_token(pair),
+                   "scope": analysis_scope(pair.metric)},
         "top": {
             "patching_heads": _top(tables.get("patching_heads"), head_effect_column(tables.get("patching_heads")),
                                    ["layer", "head"],

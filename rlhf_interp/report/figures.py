@@ -161,7 +161,8 @@ def logit_lens_lines(t: Tables) -> Figure | None:
     ax.set_ylabel("metric")
     ax.legend()
     return _png(fig), ("Logit lens: the metric read from the residual stream after each layer (each model through its "
-                       "own final LayerNorm and unembedding). Where along the depth the two models part.")
+                       "own final LayerNorm and unembedding). Where along the depth the two models part."
+                       + _first_token_note(df))
 
 
 def dla_layer_bars(t: Tables) -> Figure | None:
@@ -176,7 +177,16 @@ def dla_layer_bars(t: Tables) -> Figure | None:
     ax.set_xlabel("")
     return _png(fig), ("Direct logit attribution of the metric to the embeddings, each attention layer and each MLP, "
                        "for base, tuned and their difference (each model read with its own unembedding; the parts sum "
-                       "to the metric).")
+                       "to the metric)." + _first_token_note(df))
+
+
+def _first_token_note(df: pd.DataFrame) -> str:
+    """The caption's note where the table decomposes logprob_diff's first-token term (column `term`)."""
+    if "term" not in df.columns or not (df.term == "first_token").any():
+        return ""
+    return (" With logprob_diff this is its first-token term (the positive words' first-token logits minus the "
+            "negative words', at the last prompt position), not the whole metric: the words' later tokens are not "
+            "decomposed.")
 
 
 def dla_head_heatmaps(t: Tables) -> Figure | None:

@@ -38,6 +38,9 @@ def _metric(t: Tables, summary: dict[str, Any]) -> list[str]:
         out.append(f"The metric ({m.get('name')}) moved from {m.get('base', float('nan')):+.3f} (base) to "
                    f"{m.get('tuned', float('nan')):+.3f} (tuned): a gap of {row.metric:+.3f} "
                    f"(95% bootstrap CI {row.ci_low:+.3f} to {row.ci_high:+.3f}) over {summary.get('prompts')} prompts.")
+        if m.get("name") == "logprob_diff":  # the metric for any tokenizer: say why it ran
+            out[-1] += (f" logprob_diff is the log-probability of each word's full tokenization (mean over positive "
+                        f"words minus negative words): {m.get('reason', '')}.")
     return out
 
 
@@ -110,8 +113,9 @@ def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
             text = (f"Swapping the read-out (final norm gain and bias, and the unembedding) from tuned into base "
                     f"recovers {rows['unembed']:+.1%} of the gap (`patching_layers`, component unembed)")
             if "final_resid" in rows:
+                several = pl[pl.component == "final_resid"].pos.isna().all()  # a metric reading several positions
                 text += (f"; swapping the final residual stream alone (the input of the final norm, at the read-out "
-                         f"position) recovers {rows['final_resid']:+.1%}")
+                         f"position{'s' if several else ''}) recovers {rows['final_resid']:+.1%}")
             if "interaction" in rows:
                 text += f"; both together recover {rows.get('final_resid+unembed', float('nan')):+.1%}, " \
                         f"an interaction of {rows['interaction']:+.1%}"
@@ -126,8 +130,16 @@ def _dla_and_weights(t: Tables, summary: dict[str, Any]) -> list[str]:
         comps = dl.component.isin(["attn", "mlp", "embed", "pos_embed"])
         act = dl[(dl.model == "delta_activation") & comps]
         total = dl[dl.component == "total"].set_index("model").attribution
+        first = "term" in dl.columns and (dl.term == "first_token").all()  # logprob_diff: its first-token term
+        what = "the first-token term's change" if first else "the mean metric change"
+        if first:
+            out.append(f"Direct logit attribution and the logit lens decompose the first-token term of logprob_diff "
+                       f"(mean logit of the positive words' first tokens minus the negative words', at the last "
+                       f"prompt position; it moved {total.get('delta', float('nan')):+.3f}, against the metric's gap "
+                       f"of {summary.get('metric', {}).get('gap', float('nan')):+.3f}); the words' later tokens are "
+                       f"not decomposed.")
         if len(act) and {"delta", "delta_readout"} <= set(total.index) and total["delta"] != 0:
-            out.append(f"Direct logit attribution (`dla_layers`): of the mean metric change {total['delta']:+.3f}, "
+            out.append(f"Direct logit attribution (`dla_layers`): of {what} {total['delta']:+.3f}, "
                        f"{total['delta_readout']:+.3f} ({total['delta_readout'] / total['delta']:.0%}) is the "
                        f"read-out (final-norm scale, gain and unembedding applied to fixed activations) and "
                        f"{total['delta_activation']:+.3f} the components' own activations (midpoint split).")
