@@ -146,22 +146,136 @@ def token_shift_bars(t: Tables) -> Figure | None:
     return _png(fig), ("Next-token log-probabilities after the prompts that RLHF raised and lowered most.")
 
 
+_READOUT_ROWS = ("unembed", "final_resid", "interaction")
+_READOUT_LABELS = {"unembed": "read-out alone (final norm + unembedding)", "final_resid": "final residual alone",
+                   "interaction": "interaction (both − the two alone)"}
+
+
+def _dla_parts(dl: pd.DataFrame, top: int = 6) -> pd.DataFrame | None:
+    """The gap as DLA splits it: one read-out row (all components' delta_readout) plus each component's
+    delta_activation (embeddings, attention layers with b_O, MLPs, the unembedding bias), largest `top` by |value|
+    and "other components" for the rest; the rows sum to the DLA total (= the gap at the read-out position)."""
+    comps = dl[dl.component.isin(["embed", "pos_embed", "attn", "mlp", "unembed_bias"])]
+    total = dl[dl.component == "total"].set_index("model").attribution
+    if not {"delta_readout", "delta_activation", "delta"} <= set(total.index):
+        return None
+    act = comps[comps.model == "delta_activation"].copy()
+    act["label"] = [c if pd.isna(L) else f"{c}{int(L)}" for c, L in zip(act.component, act.layer, strict=True)]
+    act = act.reindex(act.attribution.abs().sort_values(ascending=False).index)
+    rows = [("read-out change (all components)", float(total["delta_readout"]))]
+    rows += [(f"{lab}: own activation", float(v)) for lab, v in zip(act.label[:top], act.attribution[:top],
+                                                                      strict=True)]
+    if len(act) > top:
+        rows.append((f"{len(act) - top} other components' activations", float(act.attribution[top:].sum())))
+    return pd.DataFrame(rows, columns=["part", "value"]).assign(total=float(total["delta"]))
+
+
+def gap_split(t: Tables) -> Figure | None:
+    """Where the gap lives: exact swaps of the read-out and the final residual (patching_layers), and the
+    linear DLA split into the read-out's change and each component's own activation change (dla_layers)."""
+    from rlhf_interp.report.numbers import pct, sig
+
+    pl, dl = t.get("patching_layers"), t.get("dla_layers")
+    swaps = None if pl is None or pl.empty else pl[pl.component.isin(_READOUT_ROWS)]
+    parts = None if dl is None or dl.empty else _dla_parts(dl)
+    if (swaps is None or swaps.empty) and parts is None:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), constrained_layout=True)
+    ax = axes[0]
+    if swaps is not None and len(swaps):
+        labels, yticks, ys = [], [], 0.0
+        for direction, color in (("tuned_to_base", "#dd8452"), ("base_to_tuned", "#4c72b0")):
+            sub = swaps[swaps.direction == direction].set_index("component")
+            for comp in _READOUT_ROWS:
+                if comp not in sub.index:
+                    continue
+                r = sub.loc[comp]
+                err = None
+                if {"ci_low", "ci_high"} <= set(sub.columns) and pd.notna(r.get("ci_low")):
+                    err = [[r.effect - r.ci_low], [r.ci_high - r.effect]]
+                ax.barh(ys, r.effect, color=color, alpha=1.0 if comp != "interaction" else 0.5, xerr=err,
+                        capsize=3)
+                ax.annotate(pct(float(r.effect)), (max(float(r.effect), 0.0), ys), xytext=(4, 0),
+                            textcoords="offset points", va="center", ha="left", fontsize=8)
+                labels.append(f"{direction.replace('_to_', ' → ')}: {_READOUT_LABELS[comp]}")
+                yticks.append(ys)
+                ys += 1
+            ys += 0.5
+        ax.set_yticks(yticks)
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.axvline(1, color="grey", lw=0.8, ls=":")
+        ax.set_xlim(right=max(ax.get_xlim()[1], 1.0) * 1.1)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set_xlabel("share of the gap recovered (exact patching; the three add to 100%)")
+        ax.set_title("exact: swap the read-out and/or the final residual", fontsize=10)
+    else:
+        ax.set_axis_off()
+    ax = axes[1]
+    if parts is not None:
+        total = float(parts.total.iloc[0])
+        colors = [COLORS["delta_readout"]] + [COLORS["delta_activation"]] * (len(parts) - 1)
+        ax.barh(range(len(parts)), parts.value, color=colors)
+        for i, v in enumerate(parts.value):
+            ax.annotate(f"{sig(v)} ({pct(v / total) if total else 'n/a'})", (max(v, 0.0), i), xytext=(4, 0),
+                        textcoords="offset points", va="center", ha="left", fontsize=8)
+        ax.set_yticks(range(len(parts)))
+        ax.set_yticklabels(parts.part, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlim(right=ax.get_xlim()[1] * 1.15)
+        ax.set_xlabel(f"metric units (rows sum to the DLA gap {sig(total, 3)})")
+        ax.set_title("linear: DLA split of the gap (midpoint)", fontsize=10)
+    else:
+        ax.set_axis_off()
+    return _png(fig), ("Where the base→tuned gap lives. Left (exact, `patching_layers`): the share of the gap "
+                       "recovered by swapping only the read-out (final-norm gain and bias, and the unembedding), only "
+                       "the final residual stream at the read-out position, and their interaction; the three add up "
+                       "to the 100% of swapping both. Right (linear, `dla_layers`): the same gap split into the "
+                       "read-out's change applied to fixed activations and each component's own activation change "
+                       "read through a fixed read-out (the two-player Shapley midpoint; the rows add up exactly)."
+                       " Error bars: 95% bootstrap CIs over prompts where the table has them.")
+
+
 def logit_lens_lines(t: Tables) -> Figure | None:
     df = t.get("logit_lens")
     if df is None or df.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    layers = sorted(df.layer.unique())
+    split = {"delta_activation", "delta_readout"} <= set(df.model)
+    fig, axes = plt.subplots(1, 2 if split else 1, figsize=(12 if split else 7, 3.4), squeeze=False,
+                             constrained_layout=True)
+    ax = axes[0, 0]
     for model in ("base", "tuned"):
         sub = df[df.model == model]
-        ax.plot(sub.layer, sub.metric, "o-", color=COLORS[model], label=model)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(sorted(df.layer.unique()))
-    ax.set_xticklabels(["emb" if x < 0 else str(x) for x in sorted(df.layer.unique())])
-    ax.set_xlabel("residual stream after layer")
-    ax.set_ylabel("metric")
-    ax.legend()
-    return _png(fig), ("Logit lens: the metric read from the residual stream after each layer (each model through its "
-                       "own final LayerNorm and unembedding). Where along the depth the two models part.")
+        ax.plot(sub.layer, sub.metric, "o-", color=COLORS[model], label=f"{model} (own read-out)")
+    if "base_resid_tuned_readout" in set(df.model):
+        sub = df[df.model == "base_resid_tuned_readout"]
+        ax.plot(sub.layer, sub.metric, "o--", color=COLORS["delta_readout"], label="base residual, tuned read-out")
+    ax.legend(fontsize=8)
+    if split:
+        ax = axes[0, 1]
+        for model, label in (("delta", "delta (tuned − base)"), ("delta_activation", "residual's own change"),
+                             ("delta_readout", "read-out's change")):
+            sub = df[df.model == model]
+            ax.plot(sub.layer, sub.metric, "o-", color=COLORS[model], label=label)
+        ax.legend(fontsize=8)
+        ax.set_title("the delta, split (midpoint; the two parts add up to it)", fontsize=10)
+    for ax in axes.flat:
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(layers)
+        ax.set_xticklabels(["emb" if x < 0 else str(int(x)) for x in layers])
+        ax.set_xlabel("residual stream after layer")
+        ax.set_ylabel("metric")
+    caption = ("Logit lens: the metric read from the residual stream after each layer through each model's own "
+               "final norm and unembedding (left).")
+    if split:
+        caption += (" Right: the base→tuned delta split into the residual stream's own change (both residuals "
+                    "through the same read-out) and the read-out's change (one residual through both read-outs). "
+                    "Where along the depth the residual streams part is the residual's own change; the delta alone "
+                    "mixes it with the tuned read-out, which applies at every layer.")
+    return _png(fig), caption
 
 
 def dla_layer_bars(t: Tables) -> Figure | None:
@@ -378,6 +492,7 @@ COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
     ("reward_hist", "Behaviour: rewards", reward_hist),
     ("token_kl", "Behaviour: per-token KL", token_kl_heatmap),
     ("token_shift", "Promoted and suppressed tokens", token_shift_bars),
+    ("gap_split", "Where the gap lives: read-out vs residual vs components", gap_split),
     ("logit_lens", "Logit lens", logit_lens_lines),
     ("dla_layers", "Direct logit attribution by layer", dla_layer_bars),
     ("dla_heads", "Direct logit attribution by head", dla_head_heatmaps),
