@@ -156,3 +156,35 @@ def test_a_run_without_snapshots_says_how_to_make_them(planted_run, tmp_path):
         compare(str(run / "base"), str(run / "tuned"), analyses="logit_diff", trajectory=True)
     proc = run_cli("compare", str(bare), "--trajectory", "--analyses", "logit_diff", "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, "--snapshot-every")
+
+
+def test_cli_trajectory_on_a_trained_run(tmp_path):
+    """A real (tiny) PPO run with --snapshot-every, then `compare RUN --trajectory` from the command line."""
+    from rlhf_interp.ppo import run_training
+
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    run_training(overrides={"out": str(run), "steps": 4, "batch_size": 8, "minibatches": 2, "ppo_epochs": 1,
+                            "response_length": 8, "eval_samples_per_prompt": 1, "log_every": 2, "save_every": 4,
+                            "snapshot_every": 2})
+    trained = time.perf_counter() - t0
+    out = tmp_path / "cmp"
+    t0 = time.perf_counter()
+    proc = run_cli("--threads", "1", "compare", str(run), "--trajectory", "--analyses", "logit_diff", "--out",
+                   str(out))
+    compared = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(out / "tables" / "trajectory.csv")
+    assert list(df.columns[:5]) == ["step", "quantity", "layer", "component", "value"]
+    assert sorted(df.step.unique()) == [0, 2, 4]
+    at0 = df[df.step == 0].set_index("quantity").value
+    assert at0["metric_gap"] == 0.0 and at0["kl_per_sequence"] == 0.0
+    assert df[(df.step == 4) & (df.quantity == "weight_rel_change") & (df.component == "all_params")].value.iloc[0] > 0
+    # the run's own evaluation at steps 0, 2, 4 (log_every 2) is carried over as logged
+    ev = pd.read_csv(run / "eval.csv")
+    logged = df[df.quantity == "reward_logged_eval"].set_index("step").value
+    assert logged.to_dict() == pytest.approx(dict(zip(ev.step, ev.score_mean, strict=True)))
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Training trajectory: when did it change" in html and (out / "figures" / "trajectory.png").is_file()
+    assert "Trajectory over 3 points of the run (steps 0–4)" in html
+    print(f"tiny run: train {trained:.1f} s, compare --trajectory (logit_diff + 3 points) {compared:.1f} s")

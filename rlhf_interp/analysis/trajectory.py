@@ -13,7 +13,8 @@ a snapshot equals `compare B M` on the same prompts and seed:
   samples drawn from M (teacher-forced through both bridges, as `behaviour`'s `token_kl`), summed per sequence and
   averaged over samples / averaged over tokens; on the run's evaluation prompts (prompts_eval.txt) when the run
   has them, else on the compare prompts (`component` says which);
-- `reward_resampled`: the mean reward (the compare's `--reward`) of those samples, as `behaviour_summary`;
+- `reward_resampled`: the mean reward (the compare's `--reward`) of those samples, as `behaviour_summary`; it and
+  `kl_per_sequence` carry 95% bootstrap CIs over the samples;
 - `reward_logged_eval`, `kl_logged_eval`: the run's own evaluation of the policy at that step (eval.csv: the run's
   reward on its fixed eval set; its KL is the trainer's k1 estimate), where it evaluated at that step;
 - `reward_logged_rollout`: the mean score of the rollouts this policy generated (metrics.csv row step + 1: update
@@ -37,6 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -174,19 +176,27 @@ def checkpoint_change(base_dir: Path, model_dir: Path) -> float | None:
 
 
 def _sampled(pair: Any, model_hf: Any, prompts: list[str], reward: str, samples_per_prompt: int, new_tokens: int,
-             seed: int) -> tuple[float, float, float]:
-    """(mean reward, KL per sequence, KL per token) of samples from `model_hf`, KL(pair.tuned ‖ pair.base) exact."""
+             seed: int, where: str) -> list[dict[str, Any]]:
+    """Mean reward, KL per sequence and KL per token of samples from `model_hf` (KL(pair.tuned ‖ pair.base) exact),
+    the first two with 95% bootstrap CIs over samples."""
     from rlhf_interp.analysis.behaviour import _token_kl
+    from rlhf_interp.analysis.logits import bootstrap_ci
     from rlhf_interp.rewards import check_scores, get_reward
     from rlhf_interp.sampling import sample_seeded
 
     batch = [p for p in prompts for _ in range(samples_per_prompt)]
     s, texts = sample_seeded(model_hf, pair.tokenizer, batch, new_tokens, seed)
-    scores = check_scores(reward, get_reward(reward), texts)
+    scores = np.asarray(check_scores(reward, get_reward(reward), texts), dtype=float)
     kl = pd.DataFrame(_token_kl(pair, s))
-    per_seq = kl.groupby("sample").kl.sum().mean() if len(kl) else float("nan")  # as behaviour_summary
-    per_tok = kl.kl.mean() if len(kl) else float("nan")
-    return float(torch.tensor(scores).mean()), float(per_seq), float(per_tok)
+    per_seq = kl.groupby("sample").kl.sum() if len(kl) else pd.Series(dtype=float)  # as behaviour_summary
+    rows = []
+    for quantity, values in (("reward_resampled", scores), ("kl_per_sequence", per_seq.to_numpy())):
+        low, high = bootstrap_ci(values, seed)
+        mean = float(torch.tensor(values).mean()) if quantity == "reward_resampled" else float(per_seq.mean())
+        rows.append({"quantity": quantity, "component": where, "value": mean, "ci_low": low, "ci_high": high})
+    rows.append({"quantity": "kl_per_token", "component": where,
+                 "value": float(kl.kl.mean()) if len(kl) else float("nan")})
+    return rows
 
 
 def _point_rows(pair: Any, sub: Any, ctx: dict[str, Any], prompts: list[str], where: str) -> list[dict[str, Any]]:
@@ -215,12 +225,9 @@ def _point_rows(pair: Any, sub: Any, ctx: dict[str, Any], prompts: list[str], wh
         rows.append({"quantity": "adl_rel_norm", "layer": L, "component": "resid_post",
                      "value": norm / float(base_norm[L]) if base_norm[L] > 0 else float("nan")})
     rows += weight_change(sub.base, sub.tuned)
-    reward, kl_seq, kl_tok = _sampled(sub, sub.hf("tuned"), prompts, ctx.get("reward") or "vader",
-                                      ctx.get("samples_per_prompt", 4), ctx.get("new_tokens", 32), ctx.get("seed", 0))
+    rows += _sampled(sub, sub.hf("tuned"), prompts, ctx.get("reward") or "vader", ctx.get("samples_per_prompt", 4),
+                     ctx.get("new_tokens", 32), ctx.get("seed", 0), where)
     sub.release_hf()
-    rows += [{"quantity": "reward_resampled", "component": where, "value": reward},
-             {"quantity": "kl_per_sequence", "component": where, "value": kl_seq},
-             {"quantity": "kl_per_token", "component": where, "value": kl_tok}]
     return rows
 
 
@@ -289,6 +296,16 @@ def trajectory(pair: Any, ctx: dict[str, Any], run: str | Path) -> dict[str, pd.
     return {"trajectory": df}
 
 
+def series(df: pd.DataFrame, quantity: str, layer: int | None = None, component: str | None = None) -> pd.Series:
+    """One quantity of a trajectory table as value by step (layer None: the rows without a layer)."""
+    sel = df[df.quantity == quantity]
+    if "layer" in sel.columns:
+        sel = sel[sel.layer.isna()] if layer is None else sel[sel.layer == layer]
+    if component is not None:
+        sel = sel[sel.component == component]
+    return sel.groupby("step").value.first().sort_index()
+
+
 def half_way_step(steps: list[int], values: list[float]) -> int | None:
     """The first step at which a quantity has covered half of its total change (first → last value)."""
     if len(values) < 2 or not all(math.isfinite(v) for v in values):
@@ -302,4 +319,5 @@ def half_way_step(steps: list[int], values: list[float]) -> int | None:
     return None
 
 
-__all__ = ["checkpoint_change", "half_way_step", "run_points", "snapshot_dirs", "trajectory", "weight_change"]
+__all__ = ["checkpoint_change", "half_way_step", "run_points", "series", "snapshot_dirs", "trajectory",
+           "weight_change"]
