@@ -79,7 +79,8 @@ def _monotone(s: pd.Series) -> bool:
 def test_planted_growth_is_monotone_and_last_point_is_the_plain_compare(planted_run, tmp_path):
     run, _neuron = planted_run
     t0 = time.perf_counter()
-    tables = compare(str(run), None, analyses="logit_diff", trajectory=True, out=tmp_path / "out", **FAST)
+    tables = compare(str(run), None, prompts=EVAL, analyses="logit_diff", trajectory=True, out=tmp_path / "out",
+                     **FAST)
     elapsed = time.perf_counter() - t0
     df = tables["trajectory"]
     assert sorted(df.step.unique()) == list(STEPS)  # tuned = the last snapshot: not repeated
@@ -103,32 +104,30 @@ def test_planted_growth_is_monotone_and_last_point_is_the_plain_compare(planted_
     assert _series(df, "reward_logged_eval").to_dict() == {0: 0.0, 4: 0.3, 6: 0.5}
     rollout = _series(df, "reward_logged_rollout")
     assert list(rollout.index) == [0, 2, 4] and rollout[0] == pytest.approx(0.1)
-    # the last snapshot's numbers equal a plain compare of base vs that snapshot (KL/reward: on the eval prompts)
+    # the last snapshot's numbers equal a plain compare of base vs that snapshot on the same prompts and seed
     last = run / "snapshots" / "step-000006"
     plain = compare(str(run / "base"), str(last), prompts=EVAL, analyses="behaviour,logit_diff,dla,adl,weight_diff",
                     reward="vader", **FAST)
     at6 = df[df.step == 6]
     ld = plain["logit_diff"]
-    ld_eval_gap = float(ld[(ld.prompt == "(mean)") & (ld.model == "delta")].metric.iloc[0])
+    mean_gap = ld[(ld.prompt == "(mean)") & (ld.model == "delta")].iloc[0]
+    row = at6[at6.quantity == "metric_gap"].iloc[0]
+    assert (row.value, row.ci_low, row.ci_high) == pytest.approx((mean_gap.metric, mean_gap.ci_low, mean_gap.ci_high),
+                                                                 rel=1e-6)
+    dl = plain["dla_layers"]
+    for part in ("delta_activation", "delta_readout"):
+        total = float(dl[(dl.component == "total") & (dl.model == part)].attribution.iloc[0])
+        assert _series(at6, f"dla_{part}", component="total")[6] == pytest.approx(total, rel=1e-5, abs=1e-7)
     bs = plain["behaviour_summary"].set_index("model")
     assert _series(at6, "kl_per_sequence")[6] == pytest.approx(bs.kl_per_sequence["tuned"], rel=1e-6)
     assert _series(at6, "reward_resampled")[6] == pytest.approx(bs.reward_mean["tuned"], rel=1e-6, abs=1e-9)
+    assert _series(df, "reward_resampled")[0] == pytest.approx(bs.reward_mean["base"], rel=1e-6, abs=1e-9)
     norms = plain["adl_norm"].set_index("layer")
     for L in range(4):
         assert _series(at6, "adl_norm", layer=L)[6] == pytest.approx(norms.norm[L], rel=1e-5, abs=1e-7)
     wd = plain["weight_diff"]
     mlp_out = float(wd[(wd.component == "mlp_out") & (wd.layer == LAYER)].rel_change.iloc[0])
     assert _series(at6, "weight_rel_change", component="mlp_out", layer=LAYER)[6] == pytest.approx(mlp_out, rel=1e-5)
-    # metric & DLA on the same prompts: the compare prompts there, so compare those with a plain compare on them
-    plain_all = compare(str(run / "base"), str(last), analyses="logit_diff,dla", **FAST)
-    ld = plain_all["logit_diff"]
-    assert _series(at6, "metric_gap")[6] == pytest.approx(
-        float(ld[(ld.prompt == "(mean)") & (ld.model == "delta")].metric.iloc[0]), rel=1e-6)
-    assert ld_eval_gap != 0.0
-    dl = plain_all["dla_layers"]
-    for part in ("delta_activation", "delta_readout"):
-        total = float(dl[(dl.component == "total") & (dl.model == part)].attribution.iloc[0])
-        assert _series(at6, f"dla_{part}", component="total")[6] == pytest.approx(total, rel=1e-5, abs=1e-7)
     # an independent check of the all-parameter change, by hand (named_parameters: the tied unembedding once)
     b_sd = {k: v.detach() for k, v in load_causal_lm(str(run / "base"))[0].named_parameters()}
     l_sd = {k: v.detach() for k, v in load_causal_lm(str(last))[0].named_parameters()}
@@ -158,6 +157,7 @@ def test_a_run_without_snapshots_says_how_to_make_them(planted_run, tmp_path):
     assert_one_line_error(proc, "--snapshot-every")
 
 
+@pytest.mark.slow
 def test_cli_trajectory_on_a_trained_run(tmp_path):
     """A real (tiny) PPO run with --snapshot-every, then `compare RUN --trajectory` from the command line."""
     from rlhf_interp.ppo import run_training
