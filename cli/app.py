@@ -227,7 +227,8 @@ def compare(
     if top:
         typer.echo("top heads by patching tuned->base (share of the gap recovered): " + ", ".join(
             f"L{t['layer']}H{t['head']} {pct(t['effect'])}" for t in top[:3]))
-    typer.echo(f"tables written to {out / 'tables'}")
+    typer.echo(f"tables written to {out / 'tables'}" + (" (trajectory.csv: base vs every snapshot)" if trajectory
+                                                          else ""))
     typer.echo(f"report: {out / 'report.html'}")
     failed = summary.get("failed") or {}
     for name, message in failed.items():

@@ -76,12 +76,31 @@ def _monotone(s: pd.Series) -> bool:
     return bool(np.all(np.diff(v) > 0))
 
 
-def test_planted_growth_is_monotone_and_last_point_is_the_plain_compare(planted_run, tmp_path):
+def test_planted_growth_is_monotone_and_last_point_is_the_plain_compare(planted_run, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    import rlhf_interp.models as models
+
     run, _neuron = planted_run
+    loaded, alive_at_load = [], []
+    real_load = models.load_bridge
+
+    def counting_load(source, **kw):  # one snapshot at a time beside the base: the previous one is gone
+        bridge = real_load(source, **kw)
+        if "snapshots" in str(source.location):
+            gc.collect()
+            alive_at_load.append(sum(r() is not None for r in loaded))
+            loaded.append(weakref.ref(bridge))
+        return bridge
+
+    monkeypatch.setattr(models, "load_bridge", counting_load)
     t0 = time.perf_counter()
     tables = compare(str(run), None, prompts=EVAL, analyses="logit_diff", trajectory=True, out=tmp_path / "out",
                      **FAST)
     elapsed = time.perf_counter() - t0
+    monkeypatch.setattr(models, "load_bridge", real_load)
+    assert alive_at_load == [0, 0]  # steps 2 and 4 loaded; step 0 is the base and step 6 the tuned, both reused
     df = tables["trajectory"]
     assert sorted(df.step.unique()) == list(STEPS)  # tuned = the last snapshot: not repeated
     gap = _series(df, "metric_gap")
