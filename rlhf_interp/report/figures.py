@@ -374,6 +374,27 @@ def diff_mining_bars(t: Tables) -> Figure | None:
                        "difference (tuned − base) is among the top K; tokens ranked by how often they recur.")
 
 
+def _trajectory_adl(fig: plt.Figure, ax: plt.Axes, adl: pd.DataFrame) -> None:
+    """ADL relative norm against the step: a line per layer, or a layer x step grid when there are many layers."""
+    ax.set_title("ADL: ‖mean δ‖ / ‖base resid‖ per layer", fontsize=10)
+    if adl.empty:
+        return
+    if adl.layer.nunique() <= 8:
+        for layer, g in adl.groupby("layer"):
+            ax.plot(g.step, g.value, "o-", ms=3, label=f"L{int(layer)}")
+        ax.legend(fontsize=7, ncol=2)
+    else:  # many layers: layer x step
+        grid = adl.pivot_table(index="layer", columns="step", values="value")
+        steps = grid.columns.to_numpy(dtype=float)
+        mid = (steps[1:] + steps[:-1]) / 2 if len(steps) > 1 else np.zeros(0)
+        half = (steps[-1] - steps[0]) / (2 * max(len(steps) - 1, 1)) or 0.5
+        edges = np.concatenate([[steps[0] - half], mid, [steps[-1] + half]])  # each step's cell centred on it
+        image = ax.pcolormesh(edges, np.arange(len(grid) + 1) - 0.5, grid.to_numpy(dtype=float), cmap="Purples",
+                              vmin=0)
+        ax.set_ylabel("layer")
+        fig.colorbar(image, ax=ax)
+
+
 def trajectory_figure(t: Tables) -> Figure | None:
     """When did it change: base vs each snapshot of the run, against the PPO step."""
     from rlhf_interp.analysis.trajectory import series
@@ -410,19 +431,17 @@ def trajectory_figure(t: Tables) -> Figure | None:
     ax2.set_ylabel("mean reward")
     ax.set_title("KL and reward (95% CIs over samples)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
-    ax2.legend(fontsize=7, loc="lower right")
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=7, loc="lower right")
     ax = axes[1, 0]
-    adl = df[df.quantity == "adl_rel_norm"]
-    for layer, g in adl.groupby("layer"):
-        ax.plot(g.step, g.value, "o-", ms=3, label=f"L{int(layer)}")
-    ax.set_title("ADL: ‖mean δ‖ / ‖base resid‖ per layer", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    _trajectory_adl(fig, ax, df[df.quantity == "adl_rel_norm"])
     ax = axes[1, 1]
     w = df[(df.quantity == "weight_rel_change") & df.layer.isna()]
     for comp, g in w.groupby("component", sort=False):
         ax.plot(g.step, g.value, "o-", ms=3, label=str(comp))
     ax.set_title("weight change ‖ΔW‖ / ‖W_base‖ per kind", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    if len(w):
+        ax.legend(fontsize=7, ncol=2)
     for ax in axes.flat:
         ax.set_xlabel("PPO update (snapshot step)")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -220,7 +220,7 @@ def _trajectory(t: Tables, summary: dict[str, Any]) -> list[str]:
                      f"{when(s)})")
     w = series(df, "weight_rel_change", component="all_params")
     if len(w) > 1:
-        parts.append(f"the weights moved {sig(w.iloc[-1], 2, sign=False)} of their norm ({when(w)})")
+        parts.append(f"the weights moved ‖Δθ‖ / ‖θ_base‖ = {sig(w.iloc[-1], 2, sign=False)} ({when(w)})")
     if not parts:
         return []
     out = [f"Trajectory over {len(steps)} points of the run (steps {steps[0]}–{steps[-1]}): " + "; ".join(parts) + "."]
