@@ -470,7 +470,10 @@ COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
     ("adl", "Activation Difference Lens", adl_figure),
     ("amplification", "Logit-diff amplification", amplification_figure),
     ("diff_mining", "Diff mining", diff_mining_bars),
-    ("trajectory", "Training trajectory: when did it change", trajectory_figure),
+]
+# figures of opt-in parts of compare (absent from a default compare), drawn after COMPARE_FIGURES when their table is
+OPT_IN_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
+    ("trajectory", "Training trajectory: when did it change", trajectory_figure),  # compare RUN --trajectory
 ]
 
 
