@@ -271,7 +271,7 @@ def trajectory(pair: Any, ctx: dict[str, Any], run: str | Path) -> dict[str, pd.
             if sha is not None and sha == shas["tuned"]:
                 model, loaded = pair.tuned, False  # the final snapshot is the tuned model: already loaded
             elif sha is not None and sha == shas["base"]:
-                model, loaded = pair.base, False  # step 0 (same weights as the base)
+                model, loaded = pair.base, False  # step 0 (or any point with the base weights)
             else:
                 model, loaded = load_bridge(source, fold_value_biases=False, device=pair.device), True
             if loaded:
