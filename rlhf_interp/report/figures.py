@@ -488,6 +488,85 @@ def diff_mining_bars(t: Tables) -> Figure | None:
                        "difference (tuned − base) is among the top K; tokens ranked by how often they recur.")
 
 
+def _trajectory_adl(fig: plt.Figure, ax: plt.Axes, adl: pd.DataFrame) -> None:
+    """ADL relative norm against the step: a line per layer, or a layer x step grid when there are many layers."""
+    ax.set_title("ADL: ‖mean δ‖ / ‖base resid‖ per layer", fontsize=10)
+    if adl.empty:
+        return
+    if adl.layer.nunique() <= 8:
+        for layer, g in adl.groupby("layer"):
+            ax.plot(g.step, g.value, "o-", ms=3, label=f"L{int(layer)}")
+        ax.legend(fontsize=7, ncol=2)
+    else:  # many layers: layer x step
+        grid = adl.pivot_table(index="layer", columns="step", values="value")
+        steps = grid.columns.to_numpy(dtype=float)
+        mid = (steps[1:] + steps[:-1]) / 2 if len(steps) > 1 else np.zeros(0)
+        half = (steps[-1] - steps[0]) / (2 * max(len(steps) - 1, 1)) or 0.5
+        edges = np.concatenate([[steps[0] - half], mid, [steps[-1] + half]])  # each step's cell centred on it
+        image = ax.pcolormesh(edges, np.arange(len(grid) + 1) - 0.5, grid.to_numpy(dtype=float), cmap="Purples",
+                              vmin=0)
+        ax.set_ylabel("layer")
+        fig.colorbar(image, ax=ax)
+
+
+def trajectory_figure(t: Tables) -> Figure | None:
+    """When did it change: base vs each snapshot of the run, against the PPO step."""
+    from rlhf_interp.analysis.trajectory import series
+
+    df = t.get("trajectory")
+    if df is None or df.empty:
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6.4), constrained_layout=True)
+    ax = axes[0, 0]
+    gap = df[df.quantity == "metric_gap"].sort_values("step")
+    ax.fill_between(gap.step, gap.ci_low, gap.ci_high, color=COLORS["delta"], alpha=0.2)
+    ax.plot(gap.step, gap.value, "o-", color=COLORS["delta"], label="metric gap (95% CI)")
+    for part in ("delta_activation", "delta_readout"):
+        s = series(df, f"dla_{part}", component="total")
+        if len(s):
+            ax.plot(s.index, s.values, ".--", color=COLORS[part], label=part.replace("delta_", "") + " part")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title("metric gap (snapshot − base)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    kl = df[df.quantity == "kl_per_sequence"].sort_values("step")
+    ax.fill_between(kl.step, kl.ci_low, kl.ci_high, color="grey", alpha=0.15)
+    ax.plot(kl.step, kl.value, "s-", color="grey", label="KL(snapshot ‖ base), exact, on its samples")
+    ax.set_ylabel("nats per sequence")
+    ax2 = ax.twinx()
+    rs = df[df.quantity == "reward_resampled"].sort_values("step")
+    ax2.fill_between(rs.step, rs.ci_low, rs.ci_high, color=COLORS["tuned"], alpha=0.15)
+    labels = {"reward_resampled": "reward of those samples (--reward)", "reward_logged_eval": "run's eval (eval.csv)",
+              "reward_logged_rollout": "run's rollouts (metrics.csv)"}
+    for q, style in (("reward_resampled", "o-"), ("reward_logged_eval", "^:"), ("reward_logged_rollout", "x:")):
+        s = series(df, q)
+        if len(s):
+            ax2.plot(s.index, s.values, style, color=COLORS["tuned"], label=labels[q])
+    ax2.set_ylabel("mean reward")
+    ax.set_title("KL and reward (95% CIs over samples)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=7, loc="lower right")
+    ax = axes[1, 0]
+    _trajectory_adl(fig, ax, df[df.quantity == "adl_rel_norm"])
+    ax = axes[1, 1]
+    w = df[(df.quantity == "weight_rel_change") & df.layer.isna()]
+    for comp, g in w.groupby("component", sort=False):
+        ax.plot(g.step, g.value, "o-", ms=3, label=str(comp))
+    ax.set_title("weight change ‖ΔW‖ / ‖W_base‖ per kind", fontsize=10)
+    if len(w):
+        ax.legend(fontsize=7, ncol=2)
+    for ax in axes.flat:
+        ax.set_xlabel("PPO update (snapshot step)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    return _png(fig), ("When did it change: every point compares the base with the run's snapshot after that many PPO "
+                       "updates (step 0: the base itself). Top left: the metric gap on the compare prompts, split "
+                       "into the components' own outputs (activation) and the read-out; top right: exact KL and "
+                       "reward of samples from each snapshot on the run's eval prompts, with the run's own logged "
+                       "rewards; bottom: Activation Difference Lens norm per layer and relative weight change per "
+                       "component kind (all layers). Numbers in tables/trajectory.csv.")
+
+
 COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
     ("reward_hist", "Behaviour: rewards", reward_hist),
     ("token_kl", "Behaviour: per-token KL", token_kl_heatmap),
@@ -506,6 +585,10 @@ COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
     ("adl", "Activation Difference Lens", adl_figure),
     ("amplification", "Logit-diff amplification", amplification_figure),
     ("diff_mining", "Diff mining", diff_mining_bars),
+]
+# figures of opt-in parts of compare (absent from a default compare), drawn after COMPARE_FIGURES when their table is
+OPT_IN_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
+    ("trajectory", "Training trajectory: when did it change", trajectory_figure),  # compare RUN --trajectory
 ]
 
 

@@ -24,7 +24,7 @@ def _fmt_cell(r: Any, keys: tuple[str, ...]) -> str:
 
 def compare_findings(t: Tables, summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
-    for part in (_metric, _behaviour, _patching, _dla_and_weights, _diffing):
+    for part in (_metric, _behaviour, _patching, _dla_and_weights, _diffing, _trajectory):
         out += part(t, summary)
     return out
 
@@ -183,6 +183,52 @@ def _diffing(t: Tables, summary: dict[str, Any]) -> list[str]:
         cells = ", ".join(f"{r.token!r} ({r.fraction:.0%})" for r in top.itertuples())
         out.append(f"Diff mining over {int(dm.positions.iloc[0])} positions: tokens most often among the top "
                    f"log-prob gains are {cells} (fraction of positions).")
+    return out
+
+
+def _trajectory(t: Tables, summary: dict[str, Any]) -> list[str]:
+    """When the run's snapshots changed: half-way steps of the gap, KL, ADL norm and weights."""
+    from rlhf_interp.analysis.trajectory import half_way_step, series
+    from rlhf_interp.report.numbers import sig
+
+    df = t.get("trajectory")
+    if df is None or df.empty:
+        return []
+    steps = sorted(int(s) for s in df.step.unique())
+
+    def when(s: pd.Series) -> str:
+        h = half_way_step([int(i) for i in s.index], [float(v) for v in s.values])
+        return f"half of it by step {h}" if h is not None else "no net change"
+
+    parts = []
+    gap = series(df, "metric_gap")
+    if len(gap) > 1:
+        text = f"the metric gap went {sig(gap.iloc[0], 3)} → {sig(gap.iloc[-1], 3)} ({when(gap)})"
+        peak = gap.abs().idxmax()
+        if abs(gap[peak]) > 1.25 * abs(gap.iloc[-1]) and peak != gap.index[-1]:
+            text += f", after peaking at {sig(gap[peak], 3)} at step {peak}"
+        parts.append(text)
+    kl = series(df, "kl_per_sequence")
+    if len(kl) > 1:
+        parts.append(f"KL(snapshot ‖ base) on the eval prompts {sig(kl.iloc[-1], 3, sign=False)} nats per sequence "
+                     f"at the end ({when(kl)})")
+    adl = df[df.quantity == "adl_rel_norm"]
+    if len(adl):
+        layer = int(adl[adl.step == adl.step.max()].set_index("layer").value.idxmax())
+        s = series(df, "adl_rel_norm", layer=layer)
+        parts.append(f"the ADL difference is largest after layer {layer} ({s.iloc[-1]:.1%} of the base residual; "
+                     f"{when(s)})")
+    w = series(df, "weight_rel_change", component="all_params")
+    if len(w) > 1:
+        parts.append(f"the weights moved ‖Δθ‖ / ‖θ_base‖ = {sig(w.iloc[-1], 2, sign=False)} ({when(w)})")
+    if not parts:
+        return []
+    out = [f"Trajectory over {len(steps)} points of the run (steps {steps[0]}–{steps[-1]}): " + "; ".join(parts) + "."]
+    act, read = series(df, "dla_delta_activation", component="total"), series(df, "dla_delta_readout",
+                                                                              component="total")
+    if len(act) and len(read):
+        out.append(f"At step {int(act.index[-1])} the gap is {sig(act.iloc[-1], 3)} from the components' own outputs "
+                   f"and {sig(read.iloc[-1], 3)} from the read-out (final-norm scale, gain, unembedding).")
     return out
 
 

@@ -36,6 +36,7 @@ REQUIRED = {
     "attention_patterns": ["prompt_index", "prompt", "layer", "head", "model", "query", "key", "query_token", "weight"],
     "weight_diff": ["component", "layer", "head", "rel_change"],
     "direction": ["layer", "cosine_base_tuned", "patch_along_direction_effect"],
+    "trajectory": ["step", "quantity", "layer", "component", "value"],
 }
 
 
@@ -114,14 +115,14 @@ HOW_TO_READ: list[tuple[str, str]] = [
 
 def render_compare(out: Path, fmt: str = "html", embed: bool = True) -> Path:
     from rlhf_interp.report.explore import explore_js, explore_json
-    from rlhf_interp.report.figures import COMPARE_FIGURES
+    from rlhf_interp.report.figures import COMPARE_FIGURES, OPT_IN_FIGURES
     from rlhf_interp.report.findings import compare_findings
 
     tables = load_tables(out)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     made = []
-    for name, title, fn in COMPARE_FIGURES:
+    for name, title, fn in [*COMPARE_FIGURES, *OPT_IN_FIGURES]:
         result = fn(tables)
         if result is not None:
             made.append((name, title, result[0], result[1]))
