@@ -240,3 +240,49 @@ def test_patching_cis_shrink_with_more_prompts_and_close_the_books(pair):
     assert closing.loc["final_resid+unembed", "ci_low"] == pytest.approx(1.0, abs=1e-4)
     inter = closing.loc["interaction"]
     assert inter.ci_low <= inter.effect <= inter.ci_high
+
+
+def _synthetic_tables(with_ci: bool = True) -> dict:
+    import pandas as pd
+
+    heads, ablate = [], []
+    for L in range(2):
+        for h in range(2):
+            e = 0.6 if (L, h) == (1, 0) else 0.01 * (h - L)
+            for d in ("tuned_to_base", "base_to_tuned"):
+                heads.append({"direction": d, "layer": L, "head": h, "effect": e, "effect_z": e / 2,
+                              "ci_low": e - 0.05, "ci_high": e + 0.05, "ci_low_z": e / 2 - 0.05,
+                              "ci_high_z": e / 2 + 0.05})
+            for m in ("base", "tuned"):
+                ablate.append({"layer": L, "head": h, "component": "head", "model": m, "kind": "mean",
+                               "effect": -e, "ci_low": -e - 0.02, "ci_high": -e + 0.02, "n_prompts": 9,
+                               "baseline": "per-position mean over prompts of equal length, after BOS"})
+    layers = [{"direction": "tuned_to_base", "component": c, "layer": 2, "pos": 3, "token": " is", "effect": v,
+               "ci_low": v - 0.01, "ci_high": v + 0.01} for c, v in (("unembed", 0.855), ("final_resid", 0.079),
+                                                                    ("final_resid+unembed", 1.0),
+                                                                    ("interaction", 0.066))]
+    layers += [{"direction": "tuned_to_base", "component": "mlp_out", "layer": 1, "pos": 3, "token": " is",
+                "effect": 0.031, "ci_low": 0.02, "ci_high": 0.04}]
+    tables = {"patching_heads": pd.DataFrame(heads), "ablation": pd.DataFrame(ablate),
+              "patching_layers": pd.DataFrame(layers)}
+    if not with_ci:
+        tables = {k: v.drop(columns=[c for c in v if c.startswith("ci_")]) for k, v in tables.items()}
+    return tables
+
+
+def test_findings_and_figures_quote_the_ci():
+    from rlhf_interp.report.figures import ablation_heatmaps, patching_head_heatmaps
+    from rlhf_interp.report.findings import _patching
+
+    text = " ".join(_patching(_synthetic_tables(), {}))
+    assert "L1H0 (+60.0% (95% CI +55.0% to +65.0%))" in text
+    assert "+85.5% (95% CI +84.5% to +86.5%) of the gap" in text
+    assert "mlp_out at layer 1, position 3 (' is'): +3.10% (95% CI +2.00% to +4.00%)" in text
+    png, caption = patching_head_heatmaps(_synthetic_tables())
+    assert png[:4] == b"\x89PNG" and "L1H0 +60% (95% CI +55% to +65%)" in caption and "includes 0" in caption
+    png, caption = ablation_heatmaps(_synthetic_tables())
+    assert "after BOS" in caption and "(95% CI" in caption
+    # tables of older runs, without CI columns, still render and read (no CI quoted)
+    old = _synthetic_tables(with_ci=False)
+    assert "95% CI" not in " ".join(_patching(old, {})) and "L1H0 (+60.0%)" in " ".join(_patching(old, {}))
+    assert patching_head_heatmaps(old) is not None and ablation_heatmaps(old) is not None
