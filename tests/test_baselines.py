@@ -275,7 +275,7 @@ def test_findings_and_figures_quote_the_ci():
     from rlhf_interp.report.findings import _patching
 
     text = " ".join(_patching(_synthetic_tables(), {}))
-    assert "L1H0 (+60.0% (95% CI +55.0% to +65.0%))" in text
+    assert "L1H0 +60.0% (95% CI +55.0% to +65.0%)" in text
     assert "+85.5% (95% CI +84.5% to +86.5%) of the gap" in text
     assert "mlp_out at layer 1, position 3 (' is'): +3.10% (95% CI +2.00% to +4.00%)" in text
     png, caption = patching_head_heatmaps(_synthetic_tables())
@@ -284,5 +284,5 @@ def test_findings_and_figures_quote_the_ci():
     assert "after BOS" in caption and "(95% CI" in caption
     # tables of older runs, without CI columns, still render and read (no CI quoted)
     old = _synthetic_tables(with_ci=False)
-    assert "95% CI" not in " ".join(_patching(old, {})) and "L1H0 (+60.0%)" in " ".join(_patching(old, {}))
+    assert "95% CI" not in " ".join(_patching(old, {})) and "L1H0 +60.0%" in " ".join(_patching(old, {}))
     assert patching_head_heatmaps(old) is not None and ablation_heatmaps(old) is not None

@@ -100,7 +100,7 @@ def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
         sub = ph[ph.direction == "tuned_to_base"].dropna(subset=[col])
         top = sub.reindex(sub[col].abs().sort_values(ascending=False).index).head(3)
         suffix = "" if col == "effect" else "_z"
-        cells = ", ".join(f"L{int(r.layer)}H{int(r['head'])} ({_pct_ci(r, col, suffix)})" for _, r in top.iterrows())
+        cells = ", ".join(f"L{int(r.layer)}H{int(r['head'])} {_pct_ci(r, col, suffix)}" for _, r in top.iterrows())
         what = "one head's output" if col == "effect" else ("one head's hook_z (its output passes a post-attention "
                                                             "norm, so head outputs do not add)")
         out.append(f"Patching {what} from tuned into base: the largest effects (fraction of the gap) are {cells}.")
