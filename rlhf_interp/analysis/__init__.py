@@ -59,16 +59,17 @@ def _dla(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
 def _ablation(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     from rlhf_interp.analysis.ablation import ablation
 
-    return {"ablation": ablation(pair)}
+    return {"ablation": ablation(pair, ctx["seed"])}
 
 
 @register("patching")
 def _patching(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     from rlhf_interp.analysis.patching import patching_head_pos, patching_heads, patching_layers
 
-    heads = patching_heads(pair)
-    return {"patching_layers": patching_layers(pair), "patching_heads": heads,
-            "patching_head_pos": patching_head_pos(pair, heads)}
+    seed = ctx["seed"]
+    heads = patching_heads(pair, seed=seed)
+    return {"patching_layers": patching_layers(pair, seed=seed), "patching_heads": heads,
+            "patching_head_pos": patching_head_pos(pair, heads, seed=seed)}
 
 
 @register("attribution_patching")

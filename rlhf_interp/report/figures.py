@@ -54,12 +54,15 @@ def _gap(t: Tables) -> float:
 
 def _heatmaps(panels: list[tuple[str, pd.DataFrame]], *, nrows: int = 1, floor: float = 0.0, percent: bool = False,
               diverging: bool = True, label: str = "", figsize: tuple[float, float] = (10, 3.6),
-              xlabel: str = "head", ylabel: str = "layer", xticklabels: list[str] | None = None) -> plt.Figure:
+              xlabel: str = "head", ylabel: str = "layer", xticklabels: list[str] | None = None,
+              spans: list[tuple[pd.DataFrame, pd.DataFrame] | None] | None = None) -> plt.Figure:
     """Panels of layer x head (or layer x position) grids on ONE colour scale per figure.
 
     The scale is symmetric around 0 for signed values and at least `floor` wide, so numerical noise (1e-6) stays
     white instead of saturating, and an all-zero panel looks empty. Cells are annotated with 2 significant digits
-    (or as % when `percent`) when they matter at this scale (|v| >= 2% of it); others stay blank.
+    (or as % when `percent`) when they matter at this scale (|v| >= 2% of it); others stay blank. With `spans`
+    (per panel, the grids of its CI's low and high ends, aligned with it), a cell whose 95% CI includes 0 is
+    annotated in grey italics, in parentheses.
     """
     from rlhf_interp.report.numbers import pct, sig
 
@@ -86,10 +89,19 @@ def _heatmaps(panels: list[tuple[str, pd.DataFrame]], *, nrows: int = 1, floor: 
             ax.set_xlabel(xlabel)
         if k % ncols == 0:
             ax.set_ylabel(ylabel)
+        span = spans[k] if spans is not None and k < len(spans) else None
+        across = np.zeros(data.shape, dtype=bool)
+        if span is not None:
+            lo, hi = (g.reindex(index=grid.index, columns=grid.columns).to_numpy(dtype=float) for g in span)
+            across = (lo <= 0) & (hi >= 0)
         if data.size <= 160:
             for (i, j), v in np.ndenumerate(data):
                 if np.isfinite(v) and abs(v) >= 0.02 * vmax:
                     text = pct(v) if percent else sig(v, 2)
+                    if across[i, j]:
+                        ax.text(j, i, f"({text})", ha="center", va="center", fontsize=6, color="#777",
+                                fontstyle="italic")
+                        continue
                     ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
                             color="white" if abs(v) > 0.6 * vmax else "#222")
     for ax in list(axes.flat)[len(panels):]:
@@ -100,6 +112,34 @@ def _heatmaps(panels: list[tuple[str, pd.DataFrame]], *, nrows: int = 1, floor: 
         if percent:
             bar.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
     return fig
+
+
+def _ci_span(sub: pd.DataFrame, index: str, columns: str, suffix: str = ""
+             ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The (low, high) grids of a table's 95% bootstrap CI columns, None where it has none (outputs of older runs)."""
+    lo, hi = f"ci_low{suffix}", f"ci_high{suffix}"
+    if lo not in sub or hi not in sub:
+        return None
+    return sub.pivot(index=index, columns=columns, values=lo), sub.pivot(index=index, columns=columns, values=hi)
+
+
+def _top_with_ci(sub: pd.DataFrame, label: Callable[[pd.Series], str], percent: bool, k: int = 3,
+                 value: str = "effect", suffix: str = "") -> str:
+    """The `k` cells of largest |value|, each with its 95% CI when the table has one: "L1H2 +85% (95% CI ...)"."""
+    from rlhf_interp.report.numbers import with_ci
+
+    sub = sub.dropna(subset=[value])
+    top = sub.reindex(sub[value].abs().sort_values(ascending=False).index).head(k)
+    lo, hi = f"ci_low{suffix}", f"ci_high{suffix}"
+    return ", ".join(f"{label(r)} {with_ci(r[value], r.get(lo, np.nan), r.get(hi, np.nan), percent)}"
+                     for _, r in top.iterrows())
+
+
+def _head_label(r: pd.Series) -> str:
+    return f"L{int(r['layer'])}H{int(r['head'])}"
+
+
+CI_NOTE = "Grey italics in parentheses: the 95% bootstrap CI over prompts includes 0."
 
 
 def reward_hist(t: Tables) -> Figure | None:
@@ -315,9 +355,15 @@ def ablation_heatmaps(t: Tables) -> Figure | None:
     panels = [(f"{model}: mean-ablate head", heads[heads.model == model].pivot(index="layer", columns="head",
                                                                               values="effect"))
               for model in ("base", "tuned")]
-    fig = _heatmaps(panels, floor=0.05 * abs(gap) if np.isfinite(gap) else 0.0, label="Δ metric")
+    spans = [_ci_span(heads[heads.model == model], "layer", "head") for model in ("base", "tuned")]
+    fig = _heatmaps(panels, floor=0.05 * abs(gap) if np.isfinite(gap) else 0.0, label="Δ metric", spans=spans)
+    top = "; ".join(f"{model}: " + _top_with_ci(heads[heads.model == model], _head_label, False)
+                    for model in ("base", "tuned") if len(heads[heads.model == model]))
+    how = (str(heads.baseline.iloc[0]) if "baseline" in heads and len(heads) else "the mean activation")
     return _png(fig), ("Change of the metric when one head is mean-ablated, in each model (negative: the head pushed "
-                       "the metric up), one colour scale for both panels. Zero-ablation and MLP rows are in "
+                       f"the metric up), one colour scale for both panels. Replaced by: {how}. A head that writes "
+                       "the same vector at every position keeps it under mean ablation (zero ablation removes it). "
+                       f"Largest: {top}. {CI_NOTE} Zero-ablation, resample-ablation and MLP rows are in "
                        "ablation.csv.")
 
 
@@ -328,21 +374,26 @@ def patching_layer_heatmaps(t: Tables) -> Figure | None:
     if df is None or df.empty:
         return None
     comps = ["resid_pre", "attn_out", "mlp_out"]
-    panels, labels = [], None
+    from rlhf_interp.report.numbers import with_ci
+
+    panels, labels, spans = [], None, []
     for direction in ("tuned_to_base", "base_to_tuned"):
         for comp in comps:
             sub = df[(df.direction == direction) & (df.component == comp)]
             panels.append((f"{direction.replace('_to_', ' → ')}: {comp}",
                            sub.pivot(index="layer", columns="pos", values="effect")))
+            spans.append(_ci_span(sub, "layer", "pos"))
             if labels is None and len(sub):
                 labels = [f"{int(p)}:{tok!r}" for p, tok in sub.drop_duplicates("pos")[["pos", "token"]].values]
     fig = _heatmaps(panels, nrows=2, floor=0.05, percent=True, label="share of the gap recovered", figsize=(13, 7),
-                    xlabel="position: token", xticklabels=labels)
+                    xlabel="position: token", xticklabels=labels, spans=spans)
     un = df[df.component == "unembed"]
-    note = "; ".join(f"{r.direction}: {pct(r.effect)}" for r in un.itertuples())
+    note = "; ".join(f"{r.direction}: {with_ci(r.effect, r.get('ci_low', np.nan), r.get('ci_high', np.nan), True)}"
+                     for _, r in un.iterrows()) or pct(float("nan"))
     return _png(fig), ("Cross-model activation patching by layer and position: share of the base→tuned metric gap "
                        "recovered when one activation of the receiver is replaced by the donor's (top row: tuned into "
-                       f"base; bottom: base into tuned), one colour scale. Swapping the unembedding alone: {note}.")
+                       f"base; bottom: base into tuned), one colour scale. {CI_NOTE} Swapping the unembedding alone: "
+                       f"{note}.")
 
 
 def patching_head_heatmaps(t: Tables) -> Figure | None:
@@ -352,10 +403,14 @@ def patching_head_heatmaps(t: Tables) -> Figure | None:
     panels = [(direction.replace("_to_", " → "), df[df.direction == direction].pivot(index="layer", columns="head",
                                                                                       values="effect"))
               for direction in ("tuned_to_base", "base_to_tuned")]
-    fig = _heatmaps(panels, floor=0.05, percent=True, label="share of the gap recovered")
+    spans = [_ci_span(df[df.direction == direction], "layer", "head") for direction in ("tuned_to_base",
+                                                                                         "base_to_tuned")]
+    fig = _heatmaps(panels, floor=0.05, percent=True, label="share of the gap recovered", spans=spans)
+    top = _top_with_ci(df[df.direction == "tuned_to_base"], _head_label, True)
     return _png(fig), ("Patching one head's whole output (z·W_O, all positions) from the donor: share of the gap "
-                       "recovered (rows: layers, columns: heads; one colour scale, at least ±5% wide). hook_z-only "
-                       "effects are in patching_heads.csv.")
+                       "recovered (rows: layers, columns: heads; one colour scale, at least ±5% wide). Largest, "
+                       f"tuned → base: {top or 'none'}. {CI_NOTE} hook_z-only effects (with their CIs) are in "
+                       "patching_heads.csv.")
 
 
 def attribution_scatter(t: Tables) -> Figure | None:

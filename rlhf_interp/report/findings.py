@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from rlhf_interp.analysis.summary import head_effect_column
+from rlhf_interp.report.numbers import with_ci
 
 Tables = dict[str, pd.DataFrame]
 
@@ -85,6 +86,12 @@ def _hacking(bc: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
+def _pct_ci(r: Any, col: str = "effect", suffix: str = "") -> str:
+    """A patching effect as % of the gap with its 95% bootstrap CI over prompts where the table has one."""
+    return with_ci(r[col], r.get(f"ci_low{suffix}", float("nan")), r.get(f"ci_high{suffix}", float("nan")),
+                   percent=True, digits=3)
+
+
 def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
     ph = t.get("patching_heads")
@@ -92,7 +99,8 @@ def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
         col = head_effect_column(ph)
         sub = ph[ph.direction == "tuned_to_base"].dropna(subset=[col])
         top = sub.reindex(sub[col].abs().sort_values(ascending=False).index).head(3)
-        cells = ", ".join(f"L{int(r.layer)}H{int(r['head'])} ({r[col]:+.1%})" for _, r in top.iterrows())
+        suffix = "" if col == "effect" else "_z"
+        cells = ", ".join(f"L{int(r.layer)}H{int(r['head'])} {_pct_ci(r, col, suffix)}" for _, r in top.iterrows())
         what = "one head's output" if col == "effect" else ("one head's hook_z (its output passes a post-attention "
                                                             "norm, so head outputs do not add)")
         out.append(f"Patching {what} from tuned into base: the largest effects (fraction of the gap) are {cells}.")
@@ -103,18 +111,19 @@ def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
         if len(sub):
             r = sub.loc[sub.effect.abs().idxmax()]
             out.append(f"The attention/MLP output whose patching recovers most of the gap is {r.component} at layer "
-                       f"{int(r.layer)}, position {int(r.pos)} ({r.token!r}): {r.effect:+.1%}.")
-        rows = pl[(pl.direction == "tuned_to_base") & pl.component.isin(
-            ["unembed", "final_resid", "final_resid+unembed", "interaction"])].set_index("component").effect
+                       f"{int(r.layer)}, position {int(r.pos)} ({r.token!r}): {_pct_ci(r)}.")
+        closing = pl[(pl.direction == "tuned_to_base") & pl.component.isin(
+            ["unembed", "final_resid", "final_resid+unembed", "interaction"])].set_index("component")
+        rows = {k: _pct_ci(r) for k, r in closing.iterrows()}
         if "unembed" in rows:
             text = (f"Swapping the read-out (final norm gain and bias, and the unembedding) from tuned into base "
-                    f"recovers {rows['unembed']:+.1%} of the gap (`patching_layers`, component unembed)")
+                    f"recovers {rows['unembed']} of the gap (`patching_layers`, component unembed)")
             if "final_resid" in rows:
                 text += (f"; swapping the final residual stream alone (the input of the final norm, at the read-out "
-                         f"position) recovers {rows['final_resid']:+.1%}")
+                         f"position) recovers {rows['final_resid']}")
             if "interaction" in rows:
-                text += f"; both together recover {rows.get('final_resid+unembed', float('nan')):+.1%}, " \
-                        f"an interaction of {rows['interaction']:+.1%}"
+                text += f"; both together recover {rows.get('final_resid+unembed', 'nan')}, " \
+                        f"an interaction of {rows['interaction']}"
             out.append(text + ".")
     return out
 
