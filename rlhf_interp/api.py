@@ -70,6 +70,7 @@ def compare(
     device: str = "cpu",
     strict: bool = True,
     diff_corpus: str | Path | None = None,
+    trajectory: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """Everything `rlhf-interp compare` computes: load the pair, run the analyses, return {table name: DataFrame}.
 
@@ -84,12 +85,16 @@ def compare(
             still run; True (default): the exception propagates.
         diff_corpus: a text file (one text a line) for the model-diffing analyses (adl, diff_mining); default:
             unconditional samples of the base model.
+        trajectory: `base` is a training run directory with snapshots (`train --snapshot-every K`): also measure the
+            base against every snapshot (metric gap, its activation/read-out split, KL, reward, ADL norms, weight
+            change) into the `trajectory` table (see `rlhf_interp.analysis.trajectory`).
     """
     from rlhf_interp.analysis import compare as _compare
 
     return _compare(base, tuned, prompts=prompts, metric=metric, analyses=analyses, out=out, seed=seed, reward=reward,
                     report=report, samples_per_prompt=samples_per_prompt, new_tokens=new_tokens, positive=positive,
-                    negative=negative, device=device, strict=strict, diff_corpus=diff_corpus)
+                    negative=negative, device=device, strict=strict, diff_corpus=diff_corpus,
+                    trajectory=trajectory)
 
 
 def train(

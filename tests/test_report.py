@@ -43,6 +43,7 @@ def test_report_structure(compare_dir):
     assert len(items) >= 5 and all(re.search(r"\d", i) for i in items)
     assert "<script>alert" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
     assert "<b>bold</b>" not in html
+    assert "How to read this report" in html and "delta_activation" in html  # the reading guide is there
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
     assert "http" not in text and "//" not in text and "@import" not in text  # no network references
 
@@ -168,7 +169,7 @@ def test_explore_view_is_interactive_offline(compare_dir):
         page.hover("table.att[data-model='tuned'] tr:nth-child(2) td:nth-child(2)")
         assert "base 0." in page.text_content("#att-readout") or "base 1." in page.text_content("#att-readout")
         # clicking a prompt row in the table selects it
-        page.click("details summary")
+        page.click("#prompt-list summary")
         row = page.query_selector_all("#prompt-table tr[data-prompt]")[-1]
         row.click()
         assert "selected" in row.get_attribute("class")
@@ -194,3 +195,33 @@ def test_training_report_draws_the_value_function_and_reward_minus_kl(tmp_path):
     assert "value loss" in titles and "value explained variance" in titles
     assert any("β·KL" in t for t in titles) and not any(t.startswith("KL coefficient") for t in titles)
     assert "value loss" in html and (run / "figures" / "training_curves.png").stat().st_size > 10_000
+
+
+def test_gap_split_parts_add_up_to_the_dla_gap_and_read_the_swap_rows():
+    """The "where the gap lives" figure: its DLA rows are the read-out part plus each component's own activation part
+    (attention rows include b_O, so the attn_bias sub-rows are not counted twice), and they sum to the DLA total."""
+    from rlhf_interp.report.figures import _dla_parts, gap_split
+
+    rows = []
+    comps = [("embed", None, 0.01, 0.0), ("attn", 0, 0.3, 0.05), ("attn_bias", 0, 0.02, 0.01), ("mlp", 0, 1.2, 0.4),
+             ("unembed_bias", None, -0.01, 0.0)]
+    for comp, layer, readout, act in comps:
+        rows += [{"layer": layer, "component": comp, "model": "delta_readout", "attribution": readout},
+                 {"layer": layer, "component": comp, "model": "delta_activation", "attribution": act},
+                 {"layer": layer, "component": comp, "model": "delta", "attribution": readout + act}]
+    summed = [c for c in comps if c[0] != "attn_bias"]
+    tot_r, tot_a = sum(c[2] for c in summed), sum(c[3] for c in summed)
+    rows += [{"layer": None, "component": "total", "model": m, "attribution": v}
+             for m, v in (("delta_readout", tot_r), ("delta_activation", tot_a), ("delta", tot_r + tot_a))]
+    dl = pd.DataFrame(rows)
+    parts = _dla_parts(dl, top=2)
+    assert parts.part.iloc[0].startswith("read-out") and parts.value.iloc[0] == pytest.approx(tot_r)
+    assert list(parts.part[1:3]) == ["mlp0: own activation", "attn0: own activation"]  # ranked by |activation part|
+    assert parts.value.sum() == pytest.approx(tot_r + tot_a)  # rows add up to the gap
+    pl = pd.DataFrame([{"direction": d, "component": c, "layer": 4, "pos": 3, "token": " is", "metric": 0.0,
+                        "effect": e, "ci_low": e - 0.02, "ci_high": e + 0.02}
+                       for d in ("tuned_to_base", "base_to_tuned")
+                       for c, e in (("unembed", 0.85), ("final_resid", 0.08), ("interaction", 0.07))])
+    png, caption = gap_split({"dla_layers": dl, "patching_layers": pl})
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and "read-out" in caption
+    assert gap_split({}) is None

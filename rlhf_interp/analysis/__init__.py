@@ -59,16 +59,17 @@ def _dla(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
 def _ablation(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     from rlhf_interp.analysis.ablation import ablation
 
-    return {"ablation": ablation(pair)}
+    return {"ablation": ablation(pair, ctx["seed"])}
 
 
 @register("patching")
 def _patching(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     from rlhf_interp.analysis.patching import patching_head_pos, patching_heads, patching_layers
 
-    heads = patching_heads(pair)
-    return {"patching_layers": patching_layers(pair), "patching_heads": heads,
-            "patching_head_pos": patching_head_pos(pair, heads)}
+    seed = ctx["seed"]
+    heads = patching_heads(pair, seed=seed)
+    return {"patching_layers": patching_layers(pair, seed=seed), "patching_heads": heads,
+            "patching_head_pos": patching_head_pos(pair, heads, seed=seed)}
 
 
 @register("attribution_patching")
@@ -152,11 +153,13 @@ def open_pair(base: str, tuned: str | None = None, prompts: str | Path | list[st
     return load_pair(base_src, tuned_src, prompt_list, metric, positive, negative, device=device)
 
 
-def run_analysis(name: str, pair: Any, ctx: dict[str, Any], strict: bool = True) -> str | None:
-    """Run one registered analysis, adding its tables to ctx["tables"]. With strict=False an unexpected exception
-    (not a `UserError`) is returned as a one-line message instead of raised, so the other analyses still run."""
+def run_analysis(name: str, pair: Any, ctx: dict[str, Any], strict: bool = True,
+                 fn: Callable[[Any, dict[str, Any]], dict[str, pd.DataFrame]] | None = None) -> str | None:
+    """Run one registered analysis (or `fn`), adding its tables to ctx["tables"]. With strict=False an unexpected
+    exception (not a `UserError`) is returned as a one-line message instead of raised, so the other analyses still
+    run."""
     try:
-        ctx["tables"].update(ANALYSES[name](pair, ctx))
+        ctx["tables"].update((fn or ANALYSES[name])(pair, ctx))
     except UserError:
         raise
     except Exception as e:
@@ -187,6 +190,7 @@ def compare(
     device: str = "cpu",
     strict: bool = True,
     diff_corpus: str | Path | None = None,
+    trajectory: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """Load BASE and TUNED (or a run directory's base/ and tuned/), run the analyses, return their tables.
 
@@ -194,7 +198,8 @@ def compare(
     OUT/report.html with OUT/figures/*.png, all atomically. With strict=False an analysis that fails unexpectedly is
     recorded in OUT/summary.json under "failed" (name -> message) while the others still run. `diff_corpus`: a text
     file (one text a line) for the model-diffing analyses (adl, diff_mining); default: unconditional samples of the
-    base model.
+    base model. `trajectory`: BASE is a run directory with snapshots; also measure base vs every snapshot
+    (`rlhf_interp.analysis.trajectory`) into the `trajectory` table.
     """
     import torch
 
@@ -203,6 +208,14 @@ def compare(
     names = parse_analyses(analyses)
     if diff_corpus is not None and not Path(diff_corpus).is_file():
         raise UserError(f"--diff-corpus: file not found: {diff_corpus}")
+    if trajectory:
+        from rlhf_interp.analysis.trajectory import run_points
+        from rlhf_interp.analysis.trajectory import trajectory as run_trajectory
+
+        if tuned is not None:
+            raise UserError("--trajectory reads a run directory's snapshots: pass the run directory alone "
+                            "(compare RUN --trajectory), not BASE TUNED")
+        run_points(base)  # fails before any model loads: a run without snapshots says how to make them
     if out is not None:
         from rlhf_interp.io import ensure_writable_dir
 
@@ -225,6 +238,12 @@ def compare(
                 failed[name] = error
             timings[name] = time.perf_counter() - t
             bar.advance(task)
+    if trajectory:
+        t = time.perf_counter()
+        error = run_analysis("trajectory", pair, ctx, strict, fn=lambda p, c: run_trajectory(p, c, base))
+        if error is not None:
+            failed["trajectory"] = error
+        timings["trajectory"] = time.perf_counter() - t
     tables: dict[str, pd.DataFrame] = ctx["tables"]
     if out is not None:
         from rlhf_interp.analysis.summary import build_summary, write_outputs

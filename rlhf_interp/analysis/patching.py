@@ -30,11 +30,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
 from rlhf_interp.analysis.arch import adapter_for
+from rlhf_interp.analysis.bootstrap import percentile_ci, recovery_ci, recovery_draws
 from rlhf_interp.analysis.fused import Clean, FusedGPT2, engine_for
 from rlhf_interp.analysis.pair import ModelPair
 
@@ -97,27 +99,33 @@ def patch_sweep(
     metric: Callable[[Tensor], Tensor],
     cells_per_forward: int = 8,
     fused: bool = True,
+    per_prompt: bool = False,
 ) -> Tensor:
-    """Mean metric over the prompts for each cell patched alone: (n_cells,).
+    """Mean metric over the prompts for each cell patched alone: (n_cells,); with `per_prompt`, every prompt's
+    metric instead: (n_cells, batch) (for bootstrap CIs over prompts).
 
     `tokens` (batch, pos) are the prompts; `sources` (the donor's ActivationCache, or a dict) maps each cell's key to
     the donor's activation on the same tokens (or, for op "add", to the difference to add). With `fused` the sweep
     runs on `FusedGPT2` (verified against the bridge's own forward first); otherwise, or where the architecture or a
     cell is not covered, every chunk of cells is one full forward through the bridge's hooks.
     """
+    values = None
     cells_per_forward = max(1, min(cells_per_forward, MAX_ROWS // tokens.shape[0]))  # logprob_diff: n · W rows
     if fused and all(_covered(c) for c in cells):
         found = engine_for(receiver, tokens)
         if found is not None:
-            return _fused_sweep(*found, sources, cells, metric, cells_per_forward)
-    return _hooked_sweep(receiver, sources, tokens, cells, metric, cells_per_forward)
+            values = _fused_sweep(*found, sources, cells, metric, cells_per_forward)
+    if values is None:
+        values = _hooked_sweep(receiver, sources, tokens, cells, metric, cells_per_forward)
+    return values if per_prompt else values.mean(1)
 
 
 def _hooked_sweep(receiver: Any, sources: Any, tokens: Tensor, cells: Sequence[Cell],
                   metric: Callable[[Tensor], Tensor], cells_per_forward: int) -> Tensor:
-    """The reference: `cells_per_forward` cells per full forward, each cell's hook writing its own copy's rows."""
+    """The reference: `cells_per_forward` cells per full forward, each cell's hook writing its own copy's rows.
+    Per-prompt metrics (n_cells, prompts)."""
     batch = tokens.shape[0]
-    out = torch.empty(len(cells))
+    out = torch.empty(len(cells), batch // rows_per_prompt(metric))
     for start in range(0, len(cells), cells_per_forward):
         chunk = cells[start : start + cells_per_forward]
         writers: dict[str, list[Callable[[Tensor], None]]] = defaultdict(list)
@@ -125,7 +133,7 @@ def _hooked_sweep(receiver: Any, sources: Any, tokens: Tensor, cells: Sequence[C
             writers[cell.name].append(_setter(slice(i * batch, (i + 1) * batch), cell, sources[cell.key]))
         hooks = [(name, _hook(ws)) for name, ws in writers.items()]
         logits = receiver.run_with_hooks(tokens.repeat(len(chunk), 1), fwd_hooks=hooks)
-        out[start : start + len(chunk)] = metric(logits).view(len(chunk), -1).mean(1).cpu()  # -1: prompts per copy
+        out[start : start + len(chunk)] = metric(logits).view(len(chunk), -1).cpu()
     return out
 
 
@@ -175,8 +183,9 @@ def _fused_sweep(engine: FusedGPT2, clean: Clean, sources: Any, cells: Sequence[
                  metric: Callable[[Tensor], Tensor], cells_per_forward: int) -> Tensor:
     """Cells grouped by where they enter (layer, stage) and sorted by first changed position; a chunk shares one
     start position (its smallest, and no later than the first position the metric reads), and grows while that
-    wastes at most a quarter of its work. Patched streams are built one chunk at a time."""
-    n_pos = clean.tokens.shape[1]
+    wastes at most a quarter of its work. Patched streams are built one chunk at a time. Per-prompt metrics
+    (n_cells, prompts)."""
+    batch, n_pos = clean.tokens.shape
     keep = min(metric_positions(metric), n_pos)
     columns = getattr(metric, "vocab_ids", None)
     entries = [_entry(c) for c in cells]
@@ -184,7 +193,7 @@ def _fused_sweep(engine: FusedGPT2, clean: Clean, sources: Any, cells: Sequence[
     groups: dict[tuple[int, str], list[int]] = defaultdict(list)
     for i, (layer, stage, _) in enumerate(entries):
         groups[(layer, stage)].append(i)
-    out = torch.empty(len(cells))
+    out = torch.empty(len(cells), batch // rows_per_prompt(metric))
     for (layer, stage), idx in groups.items():
         idx.sort(key=lambda i: start[i])
         while idx:
@@ -196,7 +205,7 @@ def _fused_sweep(engine: FusedGPT2, clean: Clean, sources: Any, cells: Sequence[
             x = torch.cat([_patched_stream(engine, clean, cells[i], sources[cells[i].key])[:, s0:] for i in chunk])
             logits = engine.run(layer, stage, x, s0, clean, keep, columns)  # x: (cells · batch, pos − s0, d_model)
             values = (metric.on_columns(logits) if columns is not None else metric(logits)).view(len(chunk), -1)
-            out[chunk] = values.mean(1).cpu()
+            out[chunk] = values.cpu()
     return out
 
 
@@ -217,6 +226,11 @@ def metric_positions(metric: Any) -> int:
     return max(1, len(getattr(metric, "target_ids", []) or []))
 
 
+def rows_per_prompt(metric: Any) -> int:
+    """Token rows per prompt the metric reads (logprob_diff: one per word; otherwise 1)."""
+    return int(getattr(metric, "rows_per_prompt", 1))
+
+
 def run_cache(model: Any, tokens: Tensor, names: Sequence[str]) -> Any:
     wanted = set(names)
     with torch.no_grad():
@@ -230,6 +244,19 @@ def clean_metrics(receiver: Any, donor: Any, tokens: Tensor, metric: Callable[[T
     return metric(receiver(tokens)).mean().item(), metric(donor(tokens)).mean().item()
 
 
+@torch.no_grad()
+def clean_per_prompt(receiver: Any, donor: Any, tokens: Tensor, metric: Callable[[Tensor], Tensor]
+                     ) -> tuple[Tensor, Tensor]:
+    """The unpatched receiver's and donor's metric on each prompt of `tokens`: (batch,) each."""
+    return metric(receiver(tokens)).float().cpu(), metric(donor(tokens)).float().cpu()
+
+
+def _with_ci(rows: list[dict[str, Any]], low: Any, high: Any, suffix: str = "") -> None:
+    """Write the bootstrap CI columns `ci_low{suffix}`, `ci_high{suffix}` into `rows` (one value per row)."""
+    for row, lo, hi in zip(rows, low, high, strict=True):
+        row[f"ci_low{suffix}"], row[f"ci_high{suffix}"] = float(lo), float(hi)
+
+
 def _fraction(patched: Tensor, receiver_clean: float, donor_clean: float) -> Tensor:
     gap = donor_clean - receiver_clean
     if abs(gap) < 1e-9:
@@ -241,11 +268,12 @@ def _token_labels(pair: ModelPair, tokens: Tensor) -> list[str]:
     return [pair.tokenizer.decode([t]) for t in tokens[0].tolist()]
 
 
-def patching_layers(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
+def patching_layers(pair: ModelPair, cells_per_forward: int = 8, seed: int = 0) -> pd.DataFrame:
     """resid_pre / attn_out / mlp_out × layer × position, both directions (on the largest equal-length prompt group),
     plus the rows after the last layer that close the books (`_closing_rows`): final residual, read-out, both, and
-    their interaction. Positions are the prompt's (tokens a metric appends, `target:TEXT` or `logprob_diff` words,
-    are not patched one by one; the metric reads the patched forward at its own positions)."""
+    their interaction. `ci_low`/`ci_high`: 95% bootstrap CI of `effect` over the group's prompts (`bootstrap`).
+    Positions are the prompt's (tokens a metric appends, `target:TEXT` or `logprob_diff` words, are not patched one
+    by one; the metric reads the patched forward at its own positions)."""
     _, tokens = pair.main_group
     labels = _token_labels(pair, tokens)
     rows = []
@@ -254,14 +282,18 @@ def patching_layers(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame
         cells = [Cell(hook, layer, pos=p) for comp, hook in LAYER_COMPONENTS.items()
                  for layer in range(pair.n_layers) for p in range(pair.metric.prompt_length(tokens))]
         cache = run_cache(donor, tokens, sorted({c.name for c in cells}))
-        recv_clean, donor_clean = clean_metrics(receiver, donor, tokens, pair.metric)
-        patched = patch_sweep(receiver, cache, tokens, cells, pair.metric, cells_per_forward)
+        recv_pp, donor_pp = clean_per_prompt(receiver, donor, tokens, pair.metric)
+        recv_clean, donor_clean = recv_pp.mean().item(), donor_pp.mean().item()
+        per_prompt = patch_sweep(receiver, cache, tokens, cells, pair.metric, cells_per_forward, per_prompt=True)
+        patched = per_prompt.mean(1)
         effects = _fraction(patched, recv_clean, donor_clean)
         comp_of = {hook: comp for comp, hook in LAYER_COMPONENTS.items()}
-        for cell, m, e in zip(cells, patched.tolist(), effects.tolist(), strict=True):
-            rows.append({"direction": direction, "component": comp_of[cell.hook], "layer": cell.layer,
-                         "pos": cell.pos, "token": labels[cell.pos], "metric": m, "effect": e})
-        rows += _closing_rows(pair, receiver, donor, tokens, labels, direction, recv_clean, donor_clean)
+        new = [{"direction": direction, "component": comp_of[cell.hook], "layer": cell.layer, "pos": cell.pos,
+                "token": labels[cell.pos], "metric": m, "effect": e}
+               for cell, m, e in zip(cells, patched.tolist(), effects.tolist(), strict=True)]
+        _with_ci(new, *recovery_ci(per_prompt, recv_pp, donor_pp, seed))
+        rows += new
+        rows += _closing_rows(pair, receiver, donor, tokens, labels, direction, recv_pp, donor_pp, seed)
     return pd.DataFrame(rows)
 
 
@@ -269,11 +301,12 @@ FINAL_RESID = "blocks.{L}.hook_resid_post"
 
 
 def _closing_rows(pair: ModelPair, receiver: Any, donor: Any, tokens: Tensor, labels: list[str], direction: str,
-                  recv_clean: float, donor_clean: float) -> list[dict[str, Any]]:
+                  recv_pp: Tensor, donor_pp: Tensor, seed: int = 0) -> list[dict[str, Any]]:
     """Rows that close the books after the last layer (layer = n_layers): `final_resid` (the input of the final norm
     swapped at the read-out position; `final_resid_all` at every position), `unembed` (the read-out swapped: final
     norm gain and bias and the unembedding, folded into W_U and b_U), `final_resid+unembed` (both: the donor's metric,
-    100%) and `interaction` = both − final_resid − unembed (what neither part carries alone). Where the metric reads
+    100%) and `interaction` = both − final_resid − unembed (what neither part carries alone). CIs: one joint
+    bootstrap over prompts (the interaction's CI from the same draws as its three terms). Where the metric reads
     several positions (`target:TEXT`, `logprob_diff`), `final_resid` swaps it at all of them (pos empty): the final
     residual at a position reaches only that position's logits, so this equals `final_resid_all`."""
     last, n = tokens.shape[1] - 1, pair.n_layers
@@ -281,17 +314,29 @@ def _closing_rows(pair: ModelPair, receiver: Any, donor: Any, tokens: Tensor, la
     cache = run_cache(donor, tokens, [name])
     several = metric_positions(pair.metric) > 1
     cells = [Cell(FINAL_RESID, n - 1, pos=None if several else last), Cell(FINAL_RESID, n - 1)]
-    at_last, at_all = patch_sweep(receiver, cache, tokens, cells, pair.metric, fused=False).tolist()
-    metrics = {"final_resid": at_last, "final_resid_all": at_all,
-               "unembed": swap_unembed(receiver, donor, tokens, pair.metric),
-               "final_resid+unembed": swap_unembed(receiver, donor, tokens, pair.metric, resid=cache[name])}
+    at_last, at_all = patch_sweep(receiver, cache, tokens, cells, pair.metric, fused=False, per_prompt=True)
+    per_prompt = {"final_resid": at_last, "final_resid_all": at_all,
+                  "unembed": swap_unembed(receiver, donor, tokens, pair.metric, per_prompt=True),
+                  "final_resid+unembed": swap_unembed(receiver, donor, tokens, pair.metric, resid=cache[name],
+                                                      per_prompt=True)}
+    metrics = {k: v.mean().item() for k, v in per_prompt.items()}
+    recv_clean, donor_clean = recv_pp.mean().item(), donor_pp.mean().item()
     effects = {k: _fraction(torch.tensor([m]), recv_clean, donor_clean).item() for k, m in metrics.items()}
     effects["interaction"] = effects["final_resid+unembed"] - effects["final_resid_all"] - effects["unembed"]
     metrics["interaction"] = float("nan")
+    if len(recv_pp) < 2:
+        draws = np.full((len(effects), 0), np.nan)
+    else:
+        d = dict(zip(per_prompt, recovery_draws(torch.stack(list(per_prompt.values())), recv_pp, donor_pp, seed),
+                     strict=True))
+        d["interaction"] = d["final_resid+unembed"] - d["final_resid_all"] - d["unembed"]
+        draws = np.stack([d[k] for k in effects])
     at_pos = {"final_resid_all"} | (set(effects) if several else set())  # rows not at one position
-    return [{"direction": direction, "component": k, "layer": n, "pos": None if k in at_pos else last,
+    rows = [{"direction": direction, "component": k, "layer": n, "pos": None if k in at_pos else last,
              "token": None if k in at_pos else labels[last], "metric": metrics[k], "effect": e}
             for k, e in effects.items()]
+    _with_ci(rows, *percentile_ci(draws))
+    return rows
 
 
 @torch.no_grad()
@@ -317,10 +362,11 @@ ATTN_OUT = LAYER_COMPONENTS["attn_out"]
 
 @torch.no_grad()
 def swap_unembed(receiver: Any, donor: Any, tokens: Tensor, metric: Callable[[Tensor], Tensor],
-                 resid: Tensor | None = None) -> float:
+                 resid: Tensor | None = None, per_prompt: bool = False) -> Any:
     """Mean metric when the receiver's final normalised residual is read out with the donor's (folded) final norm
     gain and bias and unembedding: the part of the change that lives in the read-out itself (GPT-2 ties W_U to W_E).
-    With `resid` (batch, pos, d_model), the final residual (input of the final norm) is replaced by it first."""
+    With `resid` (batch, pos, d_model), the final residual (input of the final norm) is replaced by it first. With
+    `per_prompt`, each prompt's metric (batch,) instead of the mean (a float)."""
     hooks = []
     if resid is not None:
         def put(act: Tensor, hook: Any = None) -> Tensor:
@@ -338,11 +384,13 @@ def swap_unembed(receiver: Any, donor: Any, tokens: Tensor, metric: Callable[[Te
     logits = seen["x"] @ donor.W_U
     if getattr(donor, "b_U", None) is not None:
         logits = logits + donor.b_U
-    return metric(logits).mean().item()
+    values = metric(logits).float().cpu()
+    return values if per_prompt else values.mean().item()
 
 
-def patching_heads(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
-    """Each head at all positions, both directions, over all prompts: `effect` (whole head output) and `effect_z`.
+def patching_heads(pair: ModelPair, cells_per_forward: int = 8, seed: int = 0) -> pd.DataFrame:
+    """Each head at all positions, both directions, over all prompts: `effect` (whole head output) and `effect_z`,
+    with 95% bootstrap CIs over the prompts (`ci_low`/`ci_high`, `ci_low_z`/`ci_high_z`).
 
     Where the attention output passes a norm before the residual stream (Gemma 2/3), one head's output difference is
     not additive there: `effect` is left NaN (not computed) and `effect_z` is the per-head reading."""
@@ -354,31 +402,35 @@ def patching_heads(pair: ModelPair, cells_per_forward: int = 8) -> pd.DataFrame:
     n = len(pair.prompts)
     for direction, (recv_name, donor_name) in DIRECTIONS.items():
         receiver, donor = pair.model(recv_name), pair.model(donor_name)
-        total_out, total_z = torch.zeros(len(grid)), torch.zeros(len(grid))
-        recv_clean = donor_clean = 0.0
-        for idx, tokens in pair.groups:  # weighted mean over groups of equal-length prompts
-            w = len(idx) / n
+        out_pp, z_pp = torch.full((len(grid), n), float("nan")), torch.empty(len(grid), n)  # per prompt
+        recv_pp, donor_pp = torch.empty(n), torch.empty(n)
+        for idx, tokens in pair.groups:  # groups of equal-length prompts, each prompt in its own column
             cache = run_cache(donor, tokens, sorted({c.name for c in z_cells}))  # donor hook_z, every layer
             if additive:
                 deltas = head_output_deltas(receiver, donor, tokens, pair.n_layers, pair.n_heads, donor_cache=cache)
-                total_out += patch_sweep(receiver, deltas, tokens, out_cells, pair.metric, cells_per_forward) * w
-            else:
-                total_out[:] = float("nan")
-            total_z += patch_sweep(receiver, cache, tokens, z_cells, pair.metric, cells_per_forward) * w
-            with torch.no_grad():
-                recv_clean += pair.metric(receiver(tokens)).sum().item() / n
-                donor_clean += pair.metric(donor(tokens)).sum().item() / n
+                out_pp[:, idx] = patch_sweep(receiver, deltas, tokens, out_cells, pair.metric, cells_per_forward,
+                                             per_prompt=True)
+            z_pp[:, idx] = patch_sweep(receiver, cache, tokens, z_cells, pair.metric, cells_per_forward,
+                                       per_prompt=True)
+            recv_pp[idx], donor_pp[idx] = clean_per_prompt(receiver, donor, tokens, pair.metric)
+        recv_clean, donor_clean = recv_pp.mean().item(), donor_pp.mean().item()
+        total_out, total_z = out_pp.mean(1), z_pp.mean(1)
         eff_out = _fraction(total_out, recv_clean, donor_clean)
         eff_z = _fraction(total_z, recv_clean, donor_clean)
-        for i, (layer, h) in enumerate(grid):
-            rows.append({"direction": direction, "layer": layer, "head": h, "metric": total_out[i].item(),
-                         "effect": eff_out[i].item(), "metric_z": total_z[i].item(), "effect_z": eff_z[i].item()})
+        new = [{"direction": direction, "layer": layer, "head": h, "metric": total_out[i].item(),
+                "effect": eff_out[i].item(), "metric_z": total_z[i].item(), "effect_z": eff_z[i].item()}
+               for i, (layer, h) in enumerate(grid)]
+        _with_ci(new, *recovery_ci(out_pp, recv_pp, donor_pp, seed))
+        _with_ci(new, *recovery_ci(z_pp, recv_pp, donor_pp, seed), suffix="_z")
+        rows += new
     return pd.DataFrame(rows)
 
 
-def patching_head_pos(pair: ModelPair, heads: pd.DataFrame, top: int = 4, cells_per_forward: int = 8) -> pd.DataFrame:
+def patching_head_pos(pair: ModelPair, heads: pd.DataFrame, top: int = 4, cells_per_forward: int = 8,
+                      seed: int = 0) -> pd.DataFrame:
     """Head × position (whole head output) for the `top` heads by |effect| (tuned_to_base), both directions; where
-    the head output is not additive (post-attention norm, see `patching_heads`) the head's hook_z at that position."""
+    the head output is not additive (post-attention norm, see `patching_heads`) the head's hook_z at that position.
+    `ci_low`/`ci_high`: 95% bootstrap CI over the main group's prompts."""
     additive = not adapter_for(pair.base).post_attn_norm
     col = "effect" if additive else "effect_z"
     chosen = heads[heads.direction == "tuned_to_base"].assign(a=lambda d: d[col].abs()).nlargest(top, "a")
@@ -395,10 +447,14 @@ def patching_head_pos(pair: ModelPair, heads: pd.DataFrame, top: int = 4, cells_
             sources = {c.key: deltas[Cell(ATTN_OUT, c.layer, head=c.head, op="add").key] for c in cells}
         else:  # the donor's hook_z of that head at that position
             sources = run_cache(donor, tokens, sorted({c.name for c in cells}))
-        recv_clean, donor_clean = clean_metrics(receiver, donor, tokens, pair.metric)
-        patched = patch_sweep(receiver, sources, tokens, cells, pair.metric, cells_per_forward)
-        for cell, m, e in zip(cells, patched.tolist(), _fraction(patched, recv_clean, donor_clean).tolist(),
-                              strict=True):
-            rows.append({"direction": direction, "layer": cell.layer, "head": cell.head, "pos": cell.pos,
-                         "token": labels[cell.pos], "metric": m, "effect": e})
+        recv_pp, donor_pp = clean_per_prompt(receiver, donor, tokens, pair.metric)
+        recv_clean, donor_clean = recv_pp.mean().item(), donor_pp.mean().item()
+        per_prompt = patch_sweep(receiver, sources, tokens, cells, pair.metric, cells_per_forward, per_prompt=True)
+        patched = per_prompt.mean(1)
+        new = [{"direction": direction, "layer": cell.layer, "head": cell.head, "pos": cell.pos,
+                "token": labels[cell.pos], "metric": m, "effect": e}
+               for cell, m, e in zip(cells, patched.tolist(), _fraction(patched, recv_clean, donor_clean).tolist(),
+                                     strict=True)]
+        _with_ci(new, *recovery_ci(per_prompt, recv_pp, donor_pp, seed))
+        rows += new
     return pd.DataFrame(rows)

@@ -54,12 +54,15 @@ def _gap(t: Tables) -> float:
 
 def _heatmaps(panels: list[tuple[str, pd.DataFrame]], *, nrows: int = 1, floor: float = 0.0, percent: bool = False,
               diverging: bool = True, label: str = "", figsize: tuple[float, float] = (10, 3.6),
-              xlabel: str = "head", ylabel: str = "layer", xticklabels: list[str] | None = None) -> plt.Figure:
+              xlabel: str = "head", ylabel: str = "layer", xticklabels: list[str] | None = None,
+              spans: list[tuple[pd.DataFrame, pd.DataFrame] | None] | None = None) -> plt.Figure:
     """Panels of layer x head (or layer x position) grids on ONE colour scale per figure.
 
     The scale is symmetric around 0 for signed values and at least `floor` wide, so numerical noise (1e-6) stays
     white instead of saturating, and an all-zero panel looks empty. Cells are annotated with 2 significant digits
-    (or as % when `percent`) when they matter at this scale (|v| >= 2% of it); others stay blank.
+    (or as % when `percent`) when they matter at this scale (|v| >= 2% of it); others stay blank. With `spans`
+    (per panel, the grids of its CI's low and high ends, aligned with it), a cell whose 95% CI includes 0 is
+    annotated in grey italics, in parentheses.
     """
     from rlhf_interp.report.numbers import pct, sig
 
@@ -86,10 +89,19 @@ def _heatmaps(panels: list[tuple[str, pd.DataFrame]], *, nrows: int = 1, floor: 
             ax.set_xlabel(xlabel)
         if k % ncols == 0:
             ax.set_ylabel(ylabel)
+        span = spans[k] if spans is not None and k < len(spans) else None
+        across = np.zeros(data.shape, dtype=bool)
+        if span is not None:
+            lo, hi = (g.reindex(index=grid.index, columns=grid.columns).to_numpy(dtype=float) for g in span)
+            across = (lo <= 0) & (hi >= 0)
         if data.size <= 160:
             for (i, j), v in np.ndenumerate(data):
                 if np.isfinite(v) and abs(v) >= 0.02 * vmax:
                     text = pct(v) if percent else sig(v, 2)
+                    if across[i, j]:
+                        ax.text(j, i, f"({text})", ha="center", va="center", fontsize=6, color="#777",
+                                fontstyle="italic")
+                        continue
                     ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
                             color="white" if abs(v) > 0.6 * vmax else "#222")
     for ax in list(axes.flat)[len(panels):]:
@@ -100,6 +112,34 @@ def _heatmaps(panels: list[tuple[str, pd.DataFrame]], *, nrows: int = 1, floor: 
         if percent:
             bar.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
     return fig
+
+
+def _ci_span(sub: pd.DataFrame, index: str, columns: str, suffix: str = ""
+             ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The (low, high) grids of a table's 95% bootstrap CI columns, None where it has none (outputs of older runs)."""
+    lo, hi = f"ci_low{suffix}", f"ci_high{suffix}"
+    if lo not in sub or hi not in sub:
+        return None
+    return sub.pivot(index=index, columns=columns, values=lo), sub.pivot(index=index, columns=columns, values=hi)
+
+
+def _top_with_ci(sub: pd.DataFrame, label: Callable[[pd.Series], str], percent: bool, k: int = 3,
+                 value: str = "effect", suffix: str = "") -> str:
+    """The `k` cells of largest |value|, each with its 95% CI when the table has one: "L1H2 +85% (95% CI ...)"."""
+    from rlhf_interp.report.numbers import with_ci
+
+    sub = sub.dropna(subset=[value])
+    top = sub.reindex(sub[value].abs().sort_values(ascending=False).index).head(k)
+    lo, hi = f"ci_low{suffix}", f"ci_high{suffix}"
+    return ", ".join(f"{label(r)} {with_ci(r[value], r.get(lo, np.nan), r.get(hi, np.nan), percent)}"
+                     for _, r in top.iterrows())
+
+
+def _head_label(r: pd.Series) -> str:
+    return f"L{int(r['layer'])}H{int(r['head'])}"
+
+
+CI_NOTE = "Grey italics in parentheses: the 95% bootstrap CI over prompts includes 0."
 
 
 def reward_hist(t: Tables) -> Figure | None:
@@ -146,23 +186,139 @@ def token_shift_bars(t: Tables) -> Figure | None:
     return _png(fig), ("Next-token log-probabilities after the prompts that RLHF raised and lowered most.")
 
 
+_READOUT_ROWS = ("unembed", "final_resid", "interaction")
+_READOUT_LABELS = {"unembed": "read-out alone (final norm + unembedding)", "final_resid": "final residual alone",
+                   "interaction": "interaction (both − the two alone)"}
+
+
+def _dla_parts(dl: pd.DataFrame, top: int = 6) -> pd.DataFrame | None:
+    """The gap as DLA splits it: one read-out row (all components' delta_readout) plus each component's
+    delta_activation (embeddings, attention layers with b_O, MLPs, the unembedding bias), largest `top` by |value|
+    and "other components" for the rest; the rows sum to the DLA total (= the gap at the read-out position)."""
+    comps = dl[dl.component.isin(["embed", "pos_embed", "attn", "mlp", "unembed_bias"])]
+    total = dl[dl.component == "total"].set_index("model").attribution
+    if not {"delta_readout", "delta_activation", "delta"} <= set(total.index):
+        return None
+    act = comps[comps.model == "delta_activation"].copy()
+    act["label"] = [c if pd.isna(L) else f"{c}{int(L)}" for c, L in zip(act.component, act.layer, strict=True)]
+    act = act.reindex(act.attribution.abs().sort_values(ascending=False).index)
+    rows = [("read-out change (all components)", float(total["delta_readout"]))]
+    rows += [(f"{lab}: own activation", float(v)) for lab, v in zip(act.label[:top], act.attribution[:top],
+                                                                      strict=True)]
+    if len(act) > top:
+        rows.append((f"{len(act) - top} other components' activations", float(act.attribution[top:].sum())))
+    return pd.DataFrame(rows, columns=["part", "value"]).assign(total=float(total["delta"]))
+
+
+def gap_split(t: Tables) -> Figure | None:
+    """Where the gap lives: exact swaps of the read-out and the final residual (patching_layers), and the
+    linear DLA split into the read-out's change and each component's own activation change (dla_layers)."""
+    from rlhf_interp.report.numbers import pct, sig
+
+    pl, dl = t.get("patching_layers"), t.get("dla_layers")
+    swaps = None if pl is None or pl.empty else pl[pl.component.isin(_READOUT_ROWS)]
+    parts = None if dl is None or dl.empty else _dla_parts(dl)
+    if (swaps is None or swaps.empty) and parts is None:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), constrained_layout=True)
+    ax = axes[0]
+    if swaps is not None and len(swaps):
+        labels, yticks, ys = [], [], 0.0
+        for direction, color in (("tuned_to_base", "#dd8452"), ("base_to_tuned", "#4c72b0")):
+            sub = swaps[swaps.direction == direction].set_index("component")
+            for comp in _READOUT_ROWS:
+                if comp not in sub.index:
+                    continue
+                r = sub.loc[comp]
+                err = None
+                if {"ci_low", "ci_high"} <= set(sub.columns) and pd.notna(r.get("ci_low")):
+                    err = [[r.effect - r.ci_low], [r.ci_high - r.effect]]
+                ax.barh(ys, r.effect, color=color, alpha=1.0 if comp != "interaction" else 0.5, xerr=err,
+                        capsize=3)
+                ax.annotate(pct(float(r.effect)), (max(float(r.effect), 0.0), ys), xytext=(4, 0),
+                            textcoords="offset points", va="center", ha="left", fontsize=8)
+                labels.append(f"{direction.replace('_to_', ' → ')}: {_READOUT_LABELS[comp]}")
+                yticks.append(ys)
+                ys += 1
+            ys += 0.5
+        ax.set_yticks(yticks)
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.axvline(1, color="grey", lw=0.8, ls=":")
+        ax.set_xlim(right=max(ax.get_xlim()[1], 1.0) * 1.1)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set_xlabel("share of the gap recovered (exact patching; the three add to 100%)")
+        ax.set_title("exact: swap the read-out and/or the final residual", fontsize=10)
+    else:
+        ax.set_axis_off()
+    ax = axes[1]
+    if parts is not None:
+        total = float(parts.total.iloc[0])
+        colors = [COLORS["delta_readout"]] + [COLORS["delta_activation"]] * (len(parts) - 1)
+        ax.barh(range(len(parts)), parts.value, color=colors)
+        for i, v in enumerate(parts.value):
+            ax.annotate(f"{sig(v)} ({pct(v / total) if total else 'n/a'})", (max(v, 0.0), i), xytext=(4, 0),
+                        textcoords="offset points", va="center", ha="left", fontsize=8)
+        ax.set_yticks(range(len(parts)))
+        ax.set_yticklabels(parts.part, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlim(right=ax.get_xlim()[1] * 1.15)
+        first = "term" in dl.columns and (dl.term == "first_token").any()  # logprob_diff: its first-token term
+        what = "first-token term's change" if first else "gap"
+        ax.set_xlabel(f"metric units (rows sum to the DLA {what} {sig(total, 3)})")
+        ax.set_title(f"linear: DLA split of the {what} (midpoint)", fontsize=10)
+    else:
+        ax.set_axis_off()
+    return _png(fig), ("Where the base→tuned gap lives. Left (exact, `patching_layers`): the share of the gap "
+                       "recovered by swapping only the read-out (final-norm gain and bias, and the unembedding), only "
+                       "the final residual stream at the read-out position, and their interaction; the three add up "
+                       "to the 100% of swapping both. Right (linear, `dla_layers`): the same gap split into the "
+                       "read-out's change applied to fixed activations and each component's own activation change "
+                       "read through a fixed read-out (the two-player Shapley midpoint; the rows add up exactly)."
+                       " Error bars: 95% bootstrap CIs over prompts where the table has them."
+                       + ("" if dl is None else _first_token_note(dl)))
+
+
 def logit_lens_lines(t: Tables) -> Figure | None:
     df = t.get("logit_lens")
     if df is None or df.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    layers = sorted(df.layer.unique())
+    split = {"delta_activation", "delta_readout"} <= set(df.model)
+    fig, axes = plt.subplots(1, 2 if split else 1, figsize=(12 if split else 7, 3.4), squeeze=False,
+                             constrained_layout=True)
+    ax = axes[0, 0]
     for model in ("base", "tuned"):
         sub = df[df.model == model]
-        ax.plot(sub.layer, sub.metric, "o-", color=COLORS[model], label=model)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(sorted(df.layer.unique()))
-    ax.set_xticklabels(["emb" if x < 0 else str(x) for x in sorted(df.layer.unique())])
-    ax.set_xlabel("residual stream after layer")
-    ax.set_ylabel("metric")
-    ax.legend()
-    return _png(fig), ("Logit lens: the metric read from the residual stream after each layer (each model through its "
-                       "own final LayerNorm and unembedding). Where along the depth the two models part."
-                       + _first_token_note(df))
+        ax.plot(sub.layer, sub.metric, "o-", color=COLORS[model], label=f"{model} (own read-out)")
+    if "base_resid_tuned_readout" in set(df.model):
+        sub = df[df.model == "base_resid_tuned_readout"]
+        ax.plot(sub.layer, sub.metric, "o--", color=COLORS["delta_readout"], label="base residual, tuned read-out")
+    ax.legend(fontsize=8)
+    if split:
+        ax = axes[0, 1]
+        for model, label in (("delta", "delta (tuned − base)"), ("delta_activation", "residual's own change"),
+                             ("delta_readout", "read-out's change")):
+            sub = df[df.model == model]
+            ax.plot(sub.layer, sub.metric, "o-", color=COLORS[model], label=label)
+        ax.legend(fontsize=8)
+        ax.set_title("the delta, split (midpoint; the two parts add up to it)", fontsize=10)
+    for ax in axes.flat:
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(layers)
+        ax.set_xticklabels(["emb" if x < 0 else str(int(x)) for x in layers])
+        ax.set_xlabel("residual stream after layer")
+        ax.set_ylabel("metric")
+    caption = ("Logit lens: the metric read from the residual stream after each layer through each model's own "
+               "final norm and unembedding (left).")
+    if split:
+        caption += (" Right: the base→tuned delta split into the residual stream's own change (both residuals "
+                    "through the same read-out) and the read-out's change (one residual through both read-outs). "
+                    "Where along the depth the residual streams part is the residual's own change; the delta alone "
+                    "mixes it with the tuned read-out, which applies at every layer.")
+    return _png(fig), caption + _first_token_note(df)
 
 
 def dla_layer_bars(t: Tables) -> Figure | None:
@@ -211,9 +367,15 @@ def ablation_heatmaps(t: Tables) -> Figure | None:
     panels = [(f"{model}: mean-ablate head", heads[heads.model == model].pivot(index="layer", columns="head",
                                                                               values="effect"))
               for model in ("base", "tuned")]
-    fig = _heatmaps(panels, floor=0.05 * abs(gap) if np.isfinite(gap) else 0.0, label="Δ metric")
+    spans = [_ci_span(heads[heads.model == model], "layer", "head") for model in ("base", "tuned")]
+    fig = _heatmaps(panels, floor=0.05 * abs(gap) if np.isfinite(gap) else 0.0, label="Δ metric", spans=spans)
+    top = "; ".join(f"{model}: " + _top_with_ci(heads[heads.model == model], _head_label, False)
+                    for model in ("base", "tuned") if len(heads[heads.model == model]))
+    how = (str(heads.baseline.iloc[0]) if "baseline" in heads and len(heads) else "the mean activation")
     return _png(fig), ("Change of the metric when one head is mean-ablated, in each model (negative: the head pushed "
-                       "the metric up), one colour scale for both panels. Zero-ablation and MLP rows are in "
+                       f"the metric up), one colour scale for both panels. Replaced by: {how}. A head that writes "
+                       "the same vector at every position keeps it under mean ablation (zero ablation removes it). "
+                       f"Largest: {top}. {CI_NOTE} Zero-ablation, resample-ablation and MLP rows are in "
                        "ablation.csv.")
 
 
@@ -224,21 +386,26 @@ def patching_layer_heatmaps(t: Tables) -> Figure | None:
     if df is None or df.empty:
         return None
     comps = ["resid_pre", "attn_out", "mlp_out"]
-    panels, labels = [], None
+    from rlhf_interp.report.numbers import with_ci
+
+    panels, labels, spans = [], None, []
     for direction in ("tuned_to_base", "base_to_tuned"):
         for comp in comps:
             sub = df[(df.direction == direction) & (df.component == comp)]
             panels.append((f"{direction.replace('_to_', ' → ')}: {comp}",
                            sub.pivot(index="layer", columns="pos", values="effect")))
+            spans.append(_ci_span(sub, "layer", "pos"))
             if labels is None and len(sub):
                 labels = [f"{int(p)}:{tok!r}" for p, tok in sub.drop_duplicates("pos")[["pos", "token"]].values]
     fig = _heatmaps(panels, nrows=2, floor=0.05, percent=True, label="share of the gap recovered", figsize=(13, 7),
-                    xlabel="position: token", xticklabels=labels)
+                    xlabel="position: token", xticklabels=labels, spans=spans)
     un = df[df.component == "unembed"]
-    note = "; ".join(f"{r.direction}: {pct(r.effect)}" for r in un.itertuples())
+    note = "; ".join(f"{r.direction}: {with_ci(r.effect, r.get('ci_low', np.nan), r.get('ci_high', np.nan), True)}"
+                     for _, r in un.iterrows()) or pct(float("nan"))
     return _png(fig), ("Cross-model activation patching by layer and position: share of the base→tuned metric gap "
                        "recovered when one activation of the receiver is replaced by the donor's (top row: tuned into "
-                       f"base; bottom: base into tuned), one colour scale. Swapping the unembedding alone: {note}.")
+                       f"base; bottom: base into tuned), one colour scale. {CI_NOTE} Swapping the unembedding alone: "
+                       f"{note}.")
 
 
 def patching_head_heatmaps(t: Tables) -> Figure | None:
@@ -248,10 +415,14 @@ def patching_head_heatmaps(t: Tables) -> Figure | None:
     panels = [(direction.replace("_to_", " → "), df[df.direction == direction].pivot(index="layer", columns="head",
                                                                                       values="effect"))
               for direction in ("tuned_to_base", "base_to_tuned")]
-    fig = _heatmaps(panels, floor=0.05, percent=True, label="share of the gap recovered")
+    spans = [_ci_span(df[df.direction == direction], "layer", "head") for direction in ("tuned_to_base",
+                                                                                         "base_to_tuned")]
+    fig = _heatmaps(panels, floor=0.05, percent=True, label="share of the gap recovered", spans=spans)
+    top = _top_with_ci(df[df.direction == "tuned_to_base"], _head_label, True)
     return _png(fig), ("Patching one head's whole output (z·W_O, all positions) from the donor: share of the gap "
-                       "recovered (rows: layers, columns: heads; one colour scale, at least ±5% wide). hook_z-only "
-                       "effects are in patching_heads.csv.")
+                       "recovered (rows: layers, columns: heads; one colour scale, at least ±5% wide). Largest, "
+                       f"tuned → base: {top or 'none'}. {CI_NOTE} hook_z-only effects (with their CIs) are in "
+                       "patching_heads.csv.")
 
 
 def attribution_scatter(t: Tables) -> Figure | None:
@@ -384,10 +555,90 @@ def diff_mining_bars(t: Tables) -> Figure | None:
                        "difference (tuned − base) is among the top K; tokens ranked by how often they recur.")
 
 
+def _trajectory_adl(fig: plt.Figure, ax: plt.Axes, adl: pd.DataFrame) -> None:
+    """ADL relative norm against the step: a line per layer, or a layer x step grid when there are many layers."""
+    ax.set_title("ADL: ‖mean δ‖ / ‖base resid‖ per layer", fontsize=10)
+    if adl.empty:
+        return
+    if adl.layer.nunique() <= 8:
+        for layer, g in adl.groupby("layer"):
+            ax.plot(g.step, g.value, "o-", ms=3, label=f"L{int(layer)}")
+        ax.legend(fontsize=7, ncol=2)
+    else:  # many layers: layer x step
+        grid = adl.pivot_table(index="layer", columns="step", values="value")
+        steps = grid.columns.to_numpy(dtype=float)
+        mid = (steps[1:] + steps[:-1]) / 2 if len(steps) > 1 else np.zeros(0)
+        half = (steps[-1] - steps[0]) / (2 * max(len(steps) - 1, 1)) or 0.5
+        edges = np.concatenate([[steps[0] - half], mid, [steps[-1] + half]])  # each step's cell centred on it
+        image = ax.pcolormesh(edges, np.arange(len(grid) + 1) - 0.5, grid.to_numpy(dtype=float), cmap="Purples",
+                              vmin=0)
+        ax.set_ylabel("layer")
+        fig.colorbar(image, ax=ax)
+
+
+def trajectory_figure(t: Tables) -> Figure | None:
+    """When did it change: base vs each snapshot of the run, against the PPO step."""
+    from rlhf_interp.analysis.trajectory import series
+
+    df = t.get("trajectory")
+    if df is None or df.empty:
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6.4), constrained_layout=True)
+    ax = axes[0, 0]
+    gap = df[df.quantity == "metric_gap"].sort_values("step")
+    ax.fill_between(gap.step, gap.ci_low, gap.ci_high, color=COLORS["delta"], alpha=0.2)
+    ax.plot(gap.step, gap.value, "o-", color=COLORS["delta"], label="metric gap (95% CI)")
+    for part in ("delta_activation", "delta_readout"):
+        s = series(df, f"dla_{part}", component="total")
+        if len(s):
+            ax.plot(s.index, s.values, ".--", color=COLORS[part], label=part.replace("delta_", "") + " part")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title("metric gap (snapshot − base)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    kl = df[df.quantity == "kl_per_sequence"].sort_values("step")
+    ax.fill_between(kl.step, kl.ci_low, kl.ci_high, color="grey", alpha=0.15)
+    ax.plot(kl.step, kl.value, "s-", color="grey", label="KL(snapshot ‖ base), exact, on its samples")
+    ax.set_ylabel("nats per sequence")
+    ax2 = ax.twinx()
+    rs = df[df.quantity == "reward_resampled"].sort_values("step")
+    ax2.fill_between(rs.step, rs.ci_low, rs.ci_high, color=COLORS["tuned"], alpha=0.15)
+    labels = {"reward_resampled": "reward of those samples (--reward)", "reward_logged_eval": "run's eval (eval.csv)",
+              "reward_logged_rollout": "run's rollouts (metrics.csv)"}
+    for q, style in (("reward_resampled", "o-"), ("reward_logged_eval", "^:"), ("reward_logged_rollout", "x:")):
+        s = series(df, q)
+        if len(s):
+            ax2.plot(s.index, s.values, style, color=COLORS["tuned"], label=labels[q])
+    ax2.set_ylabel("mean reward")
+    ax.set_title("KL and reward (95% CIs over samples)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=7, loc="lower right")
+    ax = axes[1, 0]
+    _trajectory_adl(fig, ax, df[df.quantity == "adl_rel_norm"])
+    ax = axes[1, 1]
+    w = df[(df.quantity == "weight_rel_change") & df.layer.isna()]
+    for comp, g in w.groupby("component", sort=False):
+        ax.plot(g.step, g.value, "o-", ms=3, label=str(comp))
+    ax.set_title("weight change ‖ΔW‖ / ‖W_base‖ per kind", fontsize=10)
+    if len(w):
+        ax.legend(fontsize=7, ncol=2)
+    for ax in axes.flat:
+        ax.set_xlabel("PPO update (snapshot step)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    return _png(fig), ("When did it change: every point compares the base with the run's snapshot after that many PPO "
+                       "updates (step 0: the base itself). Top left: the metric gap on the compare prompts, split "
+                       "into the components' own outputs (activation) and the read-out; top right: exact KL and "
+                       "reward of samples from each snapshot on the run's eval prompts, with the run's own logged "
+                       "rewards; bottom: Activation Difference Lens norm per layer and relative weight change per "
+                       "component kind (all layers). Numbers in tables/trajectory.csv.")
+
+
 COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
     ("reward_hist", "Behaviour: rewards", reward_hist),
     ("token_kl", "Behaviour: per-token KL", token_kl_heatmap),
     ("token_shift", "Promoted and suppressed tokens", token_shift_bars),
+    ("gap_split", "Where the gap lives: read-out vs residual vs components", gap_split),
     ("logit_lens", "Logit lens", logit_lens_lines),
     ("dla_layers", "Direct logit attribution by layer", dla_layer_bars),
     ("dla_heads", "Direct logit attribution by head", dla_head_heatmaps),
@@ -401,6 +652,10 @@ COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
     ("adl", "Activation Difference Lens", adl_figure),
     ("amplification", "Logit-diff amplification", amplification_figure),
     ("diff_mining", "Diff mining", diff_mining_bars),
+]
+# figures of opt-in parts of compare (absent from a default compare), drawn after COMPARE_FIGURES when their table is
+OPT_IN_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
+    ("trajectory", "Training trajectory: when did it change", trajectory_figure),  # compare RUN --trajectory
 ]
 
 

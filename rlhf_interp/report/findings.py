@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from rlhf_interp.analysis.summary import head_effect_column
+from rlhf_interp.report.numbers import with_ci
 
 Tables = dict[str, pd.DataFrame]
 
@@ -24,7 +25,7 @@ def _fmt_cell(r: Any, keys: tuple[str, ...]) -> str:
 
 def compare_findings(t: Tables, summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
-    for part in (_metric, _behaviour, _patching, _dla_and_weights, _diffing):
+    for part in (_metric, _behaviour, _patching, _dla_and_weights, _diffing, _trajectory):
         out += part(t, summary)
     return out
 
@@ -88,6 +89,12 @@ def _hacking(bc: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
+def _pct_ci(r: Any, col: str = "effect", suffix: str = "") -> str:
+    """A patching effect as % of the gap with its 95% bootstrap CI over prompts where the table has one."""
+    return with_ci(r[col], r.get(f"ci_low{suffix}", float("nan")), r.get(f"ci_high{suffix}", float("nan")),
+                   percent=True, digits=3)
+
+
 def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
     ph = t.get("patching_heads")
@@ -95,7 +102,8 @@ def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
         col = head_effect_column(ph)
         sub = ph[ph.direction == "tuned_to_base"].dropna(subset=[col])
         top = sub.reindex(sub[col].abs().sort_values(ascending=False).index).head(3)
-        cells = ", ".join(f"L{int(r.layer)}H{int(r['head'])} ({r[col]:+.1%})" for _, r in top.iterrows())
+        suffix = "" if col == "effect" else "_z"
+        cells = ", ".join(f"L{int(r.layer)}H{int(r['head'])} {_pct_ci(r, col, suffix)}" for _, r in top.iterrows())
         what = "one head's output" if col == "effect" else ("one head's hook_z (its output passes a post-attention "
                                                             "norm, so head outputs do not add)")
         out.append(f"Patching {what} from tuned into base: the largest effects (fraction of the gap) are {cells}.")
@@ -106,19 +114,20 @@ def _patching(t: Tables, summary: dict[str, Any]) -> list[str]:
         if len(sub):
             r = sub.loc[sub.effect.abs().idxmax()]
             out.append(f"The attention/MLP output whose patching recovers most of the gap is {r.component} at layer "
-                       f"{int(r.layer)}, position {int(r.pos)} ({r.token!r}): {r.effect:+.1%}.")
-        rows = pl[(pl.direction == "tuned_to_base") & pl.component.isin(
-            ["unembed", "final_resid", "final_resid+unembed", "interaction"])].set_index("component").effect
+                       f"{int(r.layer)}, position {int(r.pos)} ({r.token!r}): {_pct_ci(r)}.")
+        closing = pl[(pl.direction == "tuned_to_base") & pl.component.isin(
+            ["unembed", "final_resid", "final_resid+unembed", "interaction"])].set_index("component")
+        rows = {k: _pct_ci(r) for k, r in closing.iterrows()}
         if "unembed" in rows:
             text = (f"Swapping the read-out (final norm gain and bias, and the unembedding) from tuned into base "
-                    f"recovers {rows['unembed']:+.1%} of the gap (`patching_layers`, component unembed)")
+                    f"recovers {rows['unembed']} of the gap (`patching_layers`, component unembed)")
             if "final_resid" in rows:
                 several = pl[pl.component == "final_resid"].pos.isna().all()  # a metric reading several positions
                 text += (f"; swapping the final residual stream alone (the input of the final norm, at the read-out "
-                         f"position{'s' if several else ''}) recovers {rows['final_resid']:+.1%}")
+                         f"position{'s' if several else ''}) recovers {rows['final_resid']}")
             if "interaction" in rows:
-                text += f"; both together recover {rows.get('final_resid+unembed', float('nan')):+.1%}, " \
-                        f"an interaction of {rows['interaction']:+.1%}"
+                text += f"; both together recover {rows.get('final_resid+unembed', 'nan')}, " \
+                        f"an interaction of {rows['interaction']}"
             out.append(text + ".")
     return out
 
@@ -195,6 +204,52 @@ def _diffing(t: Tables, summary: dict[str, Any]) -> list[str]:
         cells = ", ".join(f"{r.token!r} ({r.fraction:.0%})" for r in top.itertuples())
         out.append(f"Diff mining over {int(dm.positions.iloc[0])} positions: tokens most often among the top "
                    f"log-prob gains are {cells} (fraction of positions).")
+    return out
+
+
+def _trajectory(t: Tables, summary: dict[str, Any]) -> list[str]:
+    """When the run's snapshots changed: half-way steps of the gap, KL, ADL norm and weights."""
+    from rlhf_interp.analysis.trajectory import half_way_step, series
+    from rlhf_interp.report.numbers import sig
+
+    df = t.get("trajectory")
+    if df is None or df.empty:
+        return []
+    steps = sorted(int(s) for s in df.step.unique())
+
+    def when(s: pd.Series) -> str:
+        h = half_way_step([int(i) for i in s.index], [float(v) for v in s.values])
+        return f"half of it by step {h}" if h is not None else "no net change"
+
+    parts = []
+    gap = series(df, "metric_gap")
+    if len(gap) > 1:
+        text = f"the metric gap went {sig(gap.iloc[0], 3)} → {sig(gap.iloc[-1], 3)} ({when(gap)})"
+        peak = gap.abs().idxmax()
+        if abs(gap[peak]) > 1.25 * abs(gap.iloc[-1]) and peak != gap.index[-1]:
+            text += f", after peaking at {sig(gap[peak], 3)} at step {peak}"
+        parts.append(text)
+    kl = series(df, "kl_per_sequence")
+    if len(kl) > 1:
+        parts.append(f"KL(snapshot ‖ base) on the eval prompts {sig(kl.iloc[-1], 3, sign=False)} nats per sequence "
+                     f"at the end ({when(kl)})")
+    adl = df[df.quantity == "adl_rel_norm"]
+    if len(adl):
+        layer = int(adl[adl.step == adl.step.max()].set_index("layer").value.idxmax())
+        s = series(df, "adl_rel_norm", layer=layer)
+        parts.append(f"the ADL difference is largest after layer {layer} ({s.iloc[-1]:.1%} of the base residual; "
+                     f"{when(s)})")
+    w = series(df, "weight_rel_change", component="all_params")
+    if len(w) > 1:
+        parts.append(f"the weights moved ‖Δθ‖ / ‖θ_base‖ = {sig(w.iloc[-1], 2, sign=False)} ({when(w)})")
+    if not parts:
+        return []
+    out = [f"Trajectory over {len(steps)} points of the run (steps {steps[0]}–{steps[-1]}): " + "; ".join(parts) + "."]
+    act, read = series(df, "dla_delta_activation", component="total"), series(df, "dla_delta_readout",
+                                                                              component="total")
+    if len(act) and len(read):
+        out.append(f"At step {int(act.index[-1])} the gap is {sig(act.iloc[-1], 3)} from the components' own outputs "
+                   f"and {sig(read.iloc[-1], 3)} from the read-out (final-norm scale, gain, unembedding).")
     return out
 
 

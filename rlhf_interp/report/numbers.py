@@ -24,3 +24,11 @@ def pct(fraction: float, digits: int = 2) -> str:
     if fraction is None or not math.isfinite(fraction):
         return str(fraction)
     return sig(100 * fraction, digits) + "%"
+
+
+def with_ci(value: float, low: float, high: float, percent: bool = False, digits: int = 2) -> str:
+    """A value with its 95% CI: "+85% (95% CI +80% to +90%)"; the value alone when the CI is missing (NaN)."""
+    fmt = (lambda v: pct(v, digits)) if percent else (lambda v: sig(v, digits))
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return fmt(value)
+    return f"{fmt(value)} (95% CI {fmt(low)} to {fmt(high)})"

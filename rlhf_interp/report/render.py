@@ -36,6 +36,7 @@ REQUIRED = {
     "attention_patterns": ["prompt_index", "prompt", "layer", "head", "model", "query", "key", "query_token", "weight"],
     "weight_diff": ["component", "layer", "head", "rel_change"],
     "direction": ["layer", "cosine_base_tuned", "patch_along_direction_effect"],
+    "trajectory": ["step", "quantity", "layer", "component", "value"],
 }
 
 
@@ -77,16 +78,53 @@ def _version() -> str:
     return __version__
 
 
+# "How to read this report" (compare): what each kind of number means, so no table is read as more than it measured
+HOW_TO_READ: list[tuple[str, str]] = [
+    ("The metric and the gap",
+     "Every component analysis explains one scalar per prompt (the metric in the header: by default the mean logit of "
+     "positive sentiment words minus negative ones at the next-token position; where the vocabulary splits those "
+     "words, logprob_diff: the log-probability of each word's full tokenization, positive mean minus negative mean, "
+     "and summary.json says why). The gap is tuned − base, averaged over prompts, with a 95% bootstrap CI over "
+     "prompts (logit_diff.csv)."),
+    ("Share of the gap recovered",
+     "Patching rows are normalised recovery: (metric after the patch − the receiver's own metric) / (the donor's "
+     "metric − the receiver's), on means over prompts. 100% moves the receiver all the way to the donor; 0% does "
+     "nothing. tuned → base patches a tuned activation into the base model; base → tuned the reverse. Where a table "
+     "has ci_low/ci_high they are 95% bootstrap CIs over prompts of the same statistic."),
+    ("Read-out vs component",
+     "RLHF changes the read-out too (final-norm gain and bias, unembedding). A delta read through each model's own "
+     "read-out mixes the component's change with the read-out's. delta_activation is the component's own change "
+     "read through a fixed read-out, delta_readout the read-out's change applied to a fixed activation (midpoint "
+     "split: they add up to delta exactly). Components are ranked by delta_activation; the read-out's share has its "
+     "own line and its own figure (\"Where the gap lives\")."),
+    ("Linear vs exact",
+     "Direct logit attribution and the logit lens are linear readings (the final-norm scale is frozen per prompt); "
+     "activation patching and ablation run the model. A component can matter directly and little causally (or the "
+     "reverse, through later layers): when they disagree, patching says what the model does."),
+    ("Heads, neurons, positions",
+     "Per-head rows are per query head (under grouped-query attention several query heads share one key/value "
+     "head). A neuron of a gated MLP is one row of the down projection with activation act(gate)·up. Positions are "
+     "token positions of the prompts as tokenized (BOS included where the tokenizer adds one)."),
+    ("Thresholds and CIs",
+     "Findings about behaviour (reward, length, EOS rate, repetition) read the CI of tuned − base against a "
+     "threshold: a sign is reported only when the whole CI is past it, \"not conclusive\" when it straddles it. "
+     "A number without a CI is a point estimate on these prompts."),
+    ("Open-ended diffing",
+     "The activation difference lens, logit-diff amplification and diff mining rank tokens that changed; they "
+     "suggest hypotheses (a reward loophole, a new word), to be checked in the samples and with the causal tables."),
+]
+
+
 def render_compare(out: Path, fmt: str = "html", embed: bool = True) -> Path:
     from rlhf_interp.report.explore import explore_js, explore_json
-    from rlhf_interp.report.figures import COMPARE_FIGURES
+    from rlhf_interp.report.figures import COMPARE_FIGURES, OPT_IN_FIGURES
     from rlhf_interp.report.findings import compare_findings
 
     tables = load_tables(out)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     made = []
-    for name, title, fn in COMPARE_FIGURES:
+    for name, title, fn in [*COMPARE_FIGURES, *OPT_IN_FIGURES]:
         result = fn(tables)
         if result is not None:
             made.append((name, title, result[0], result[1]))
@@ -101,7 +139,7 @@ def render_compare(out: Path, fmt: str = "html", embed: bool = True) -> Path:
         figures=figures, samples=samples, samples_title="Samples: base vs tuned (same prompt, same seed)",
         samples_columns=["prompt", "base", "base reward", "tuned", "tuned reward"], version=_version(),
         tables_note="tables/*.csv, summary.json", failed=summary.get("failed") or {},
-        explore_json=explore_json(tables), explore_js=explore_js())
+        explore_json=explore_json(tables), explore_js=explore_js(), how_to_read=HOW_TO_READ)
     atomic_write_text(out / "report.html", html)
     return out / "report.html"
 
