@@ -246,40 +246,37 @@ def _replace(donor: dict, key: str, pos: int | None, pre: bool, cols: slice | No
     return fn
 
 
-def test_patching_and_ablation_on_logprob_diff_equal_hooked_full_forwards(trl_pair: dict) -> None:
-    """Exact patching on logprob_diff = plain-transformers forwards with hooks, one unpadded (prompt + word) sequence
-    at a time, the donor's activation taken from the same sequence; both the fused engine and the hooked sweep."""
-    from rlhf_interp.analysis.ablation import ablation
-    from rlhf_interp.analysis.fused import engine_for
-    from rlhf_interp.analysis.patching import (
-        HEAD_HOOK,
-        LAYER_COMPONENTS,
-        Cell,
-        patch_sweep,
-        patching_heads,
-        patching_layers,
-        run_cache,
-    )
-
+@pytest.fixture(scope="module")
+def noisy(trl_pair: dict) -> dict:
+    """base vs noisy (every weight perturbed) on two prompts of one length: the pair and the plain HF models."""
     root, prompts = trl_pair["root"], trl_pair["prompts"]
     pair = rlhf_interp.load_pair(str(root / "base"), str(root / "noisy"), prompts=prompts)
-    tok, metric = pair.tokenizer, pair.metric
     hf = {name: AutoModelForCausalLM.from_pretrained(root / path).eval()
           for name, path in (("base", "base"), ("tuned", "noisy"))}
-    d_head = hf["base"].config.n_embd // hf["base"].config.n_head
-    n_prompt = len(prompt_token_ids(tok, prompts[0]))
+    return {"pair": pair, "hf": hf, "prompts": prompts, "d_head": hf["base"].config.n_embd // hf["base"].config.n_head}
 
-    def sites(model, layer: int) -> dict:  # name -> (module, pre-hook?)
-        block = model.transformer.h[layer]
-        return {"resid_pre": (block, True), "attn_out": (block.attn, False), "mlp_out": (block.mlp, False),
-                "z": (block.attn.c_proj, True)}
+
+def _sites(model, layer: int) -> dict:
+    """Where each activation is read and written in a plain HF GPT-2: name -> (module, pre-hook?)."""
+    block = model.transformer.h[layer]
+    return {"resid_pre": (block, True), "attn_out": (block.attn, False), "mlp_out": (block.mlp, False),
+            "z": (block.attn.c_proj, True)}
+
+
+def test_patching_on_logprob_diff_equals_hooked_full_forwards(noisy: dict) -> None:
+    """Exact patching on logprob_diff = plain-transformers forwards with hooks, one unpadded (prompt + word) sequence
+    at a time, the donor's activation taken from the same sequence."""
+    from rlhf_interp.analysis.patching import patching_heads, patching_layers
+
+    pair, hf, prompts, d_head = noisy["pair"], noisy["hf"], noisy["prompts"], noisy["d_head"]
+    tok, metric = pair.tokenizer, pair.metric
 
     def patched(recv: str, donor: str, site: str, layer: int, pos: int | None, head: int | None) -> float:
         def hooks_for(ids: list[int], _n: int) -> list:
             store: dict = {}
-            module, pre = sites(hf[donor], layer)[site]
+            module, pre = _sites(hf[donor], layer)[site]
             _hf_word_logprob(hf[donor], ids, _n, [(module, _capture(store, site, pre), pre)])
-            module, pre = sites(hf[recv], layer)[site]
+            module, pre = _sites(hf[recv], layer)[site]
             cols = None if head is None else slice(head * d_head, (head + 1) * d_head)
             return [(module, _replace(store, site, pos, pre, cols), pre)]
 
@@ -302,6 +299,14 @@ def test_patching_and_ablation_on_logprob_diff_equal_hooked_full_forwards(trl_pa
         for key, ref in refs.items():
             assert hrows[key] == pytest.approx(ref, abs=2e-5), key
 
+
+
+def test_ablation_on_logprob_diff_equals_hooked_full_forwards(noisy: dict) -> None:
+    """Zero, mean and resample ablation of one head on logprob_diff = plain-transformers forwards with hooks."""
+    from rlhf_interp.analysis.ablation import ablation
+
+    pair, hf, prompts, d_head = noisy["pair"], noisy["hf"], noisy["prompts"], noisy["d_head"]
+    tok, metric = pair.tokenizer, pair.metric
     # zero-ablation of head (1, 1) in the perturbed model, at every position of the prompt + word rows
     ab = ablation(pair).set_index(["model", "kind", "component", "layer", "head"]).effect
     c_proj = hf["tuned"].transformer.h[PLANTED[0]].attn.c_proj
@@ -312,12 +317,50 @@ def test_patching_and_ablation_on_logprob_diff_equal_hooked_full_forwards(trl_pa
         x[:, :, cols] = 0.0
         return (x, *args[1:])
 
-    ref = (_hf_metric(hf["tuned"], tok, metric, prompts, lambda ids, n: [(c_proj, zero_head, True)])
-           - _hf_metric(hf["tuned"], tok, metric, prompts))
+    clean = _hf_metric(hf["tuned"], tok, metric, prompts)
+    ref = _hf_metric(hf["tuned"], tok, metric, prompts, lambda ids, n: [(c_proj, zero_head, True)]) - clean
     assert abs(ref) > 1e-3
     assert ab[("tuned", "zero", "head", *PLANTED)] == pytest.approx(ref, abs=2e-5)
+    # mean and resample: after BOS, the head's z from the same word after the other prompts (per-position mean over
+    # prompts; with two prompts the only derangement swaps them), each (prompt + word) sequence on its own
+    z = {}  # (prompt ids, word ids) -> the head's z on that sequence (pos, d_head)
+    for prompt in prompts:
+        p_ids = prompt_token_ids(tok, prompt)
+        for w in [*metric.positive_ids.values(), *metric.negative_ids.values()]:
+            store: dict = {}
+            _hf_word_logprob(hf["tuned"], p_ids + w, len(p_ids), [(c_proj, _capture(store, "z", True), True)])
+            z[(tuple(p_ids), tuple(w))] = store["z"][0, :, cols]
+    keys = {tuple(prompt_token_ids(tok, p)) for p in prompts}
 
-    # the fused engine (positions read: the appended ones) agrees with hooked bridge forwards on every layer cell
+    def from_others(kind: str):
+        def hooks_for(ids: list[int], n: int) -> list:
+            p_ids, w = tuple(ids[:n]), tuple(ids[n:])
+            others = [z[(q, w)] for q in keys if q != p_ids]
+            value = torch.stack([z[(q, w)] for q in keys]).mean(0) if kind == "mean" else others[0]
+
+            def put(module, args):
+                x = args[0].clone()
+                x[:, 1:, cols] = value[1:]
+                return (x, *args[1:])
+
+            return [(c_proj, put, True)]
+
+        return hooks_for
+
+    for kind in ("mean", "resample"):
+        ref = _hf_metric(hf["tuned"], tok, metric, prompts, from_others(kind)) - clean
+        assert abs(ref) > 2e-4  # ten times the tolerance below
+        assert ab[("tuned", kind, "head", *PLANTED)] == pytest.approx(ref, abs=2e-5), kind
+
+
+
+def test_fused_engine_on_logprob_diff_rows_equals_hooked_sweep(noisy: dict) -> None:
+    """The fused engine (positions read: the appended ones, rows padded) agrees with hooked bridge forwards."""
+    from rlhf_interp.analysis.fused import engine_for
+    from rlhf_interp.analysis.patching import HEAD_HOOK, LAYER_COMPONENTS, Cell, patch_sweep, run_cache
+
+    pair, metric = noisy["pair"], noisy["pair"].metric
+    n_prompt = len(prompt_token_ids(pair.tokenizer, noisy["prompts"][0]))
     _, tokens = pair.main_group
     cells = [Cell(hook, L, pos=p) for hook in LAYER_COMPONENTS.values() for L in range(pair.n_layers)
              for p in range(n_prompt)] + [Cell(HEAD_HOOK, L, head=h) for L in range(2) for h in range(4)]
