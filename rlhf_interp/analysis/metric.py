@@ -269,9 +269,10 @@ def build_metric(
             return Metric("logit_diff", positive=pos, negative=neg,
                           reason=f"{counts} (>= {MIN_WORDS} each): the logit difference of those"
                                  + (f"; words that split are left out: {', '.join(split)}" if split else ""))
-        reason = ("requested" if spec == LOGPROB_DIFF else
-                  f"only {counts} (logit_diff needs >= {MIN_WORDS} each): the log-probability of each word's full "
-                  "tokenization is used instead")
+        what = ("the log-probability of each word's full tokenization (mean over positive words minus mean over "
+                "negative words)")
+        reason = (f"requested by name: {what}" if spec == LOGPROB_DIFF else
+                  f"only {counts} (logit_diff needs >= {MIN_WORDS} each), so the metric is {what}")
         return _logprob_diff(tokenizer, pos_words, neg_words, reason)
     if spec.startswith("target:"):
         text = spec[len("target:"):]

@@ -40,8 +40,7 @@ def _metric(t: Tables, summary: dict[str, Any]) -> list[str]:
                    f"{m.get('tuned', float('nan')):+.3f} (tuned): a gap of {row.metric:+.3f} "
                    f"(95% bootstrap CI {row.ci_low:+.3f} to {row.ci_high:+.3f}) over {summary.get('prompts')} prompts.")
         if m.get("name") == "logprob_diff":  # the metric for any tokenizer: say why it ran
-            out[-1] += (f" logprob_diff is the log-probability of each word's full tokenization (mean over positive "
-                        f"words minus negative words): {m.get('reason', '')}.")
+            out[-1] += f" Why logprob_diff: {m.get('reason', '')}."
     return out
 
 
