@@ -68,6 +68,7 @@ def compare(
     device: str = "cpu",
     strict: bool = True,
     diff_corpus: str | Path | None = None,
+    crosscoder: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Everything `rlhf-interp compare` computes: load the pair, run the analyses, return {table name: DataFrame}.
 
@@ -82,12 +83,15 @@ def compare(
             still run; True (default): the exception propagates.
         diff_corpus: a text file (one text a line) for the model-diffing analyses (adl, diff_mining); default:
             unconditional samples of the base model.
+        crosscoder: settings of the opt-in `crosscoder` analysis (run it with analyses="all,crosscoder"), e.g.
+            "kind=l1,layer=2,steps=1000" (keys: kind, layer, latents, k, l1, steps, batch, lr, texts, ...).
     """
     from rlhf_interp.analysis import compare as _compare
 
     return _compare(base, tuned, prompts=prompts, metric=metric, analyses=analyses, out=out, seed=seed, reward=reward,
                     report=report, samples_per_prompt=samples_per_prompt, new_tokens=new_tokens, positive=positive,
-                    negative=negative, device=device, strict=strict, diff_corpus=diff_corpus)
+                    negative=negative, device=device, strict=strict, diff_corpus=diff_corpus,
+                    crosscoder=crosscoder)
 
 
 def train(

@@ -17,11 +17,15 @@ from rlhf_interp.errors import UserError
 
 # name -> (function(pair, ctx) -> {table name: DataFrame}); ordered: later ones may read earlier tables
 ANALYSES: dict[str, Callable[[Any, dict[str, Any]], dict[str, pd.DataFrame]]] = {}
+# opt-in analyses run only when named (`--analyses all,crosscoder`), never as part of 'all'
+OPT_IN: set[str] = set()
 
 
-def register(name: str) -> Callable:
+def register(name: str, opt_in: bool = False) -> Callable:
     def deco(fn: Callable) -> Callable:
         ANALYSES[name] = fn
+        if opt_in:
+            OPT_IN.add(name)
         return fn
 
     return deco
@@ -123,10 +127,19 @@ def _diff_mining(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     return {"diff_mining": diff_mining(pair, ctx)}
 
 
+@register("crosscoder", opt_in=True)
+def _crosscoder(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.crosscoder import crosscoder
+
+    return crosscoder(pair, ctx)
+
+
 def parse_analyses(spec: str | list[str] | None) -> list[str]:
     if spec is None or spec == "all" or spec == ["all"]:
-        return list(ANALYSES)
+        return [n for n in ANALYSES if n not in OPT_IN]
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if "all" in names:  # 'all,crosscoder': every default analysis plus the opt-in ones named
+        names = [n for n in ANALYSES if n not in OPT_IN] + [n for n in names if n != "all"]
     unknown = [n for n in names if n not in ANALYSES]
     if unknown:
         raise UserError(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)} or all")
@@ -187,6 +200,7 @@ def compare(
     device: str = "cpu",
     strict: bool = True,
     diff_corpus: str | Path | None = None,
+    crosscoder: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Load BASE and TUNED (or a run directory's base/ and tuned/), run the analyses, return their tables.
 
@@ -194,13 +208,18 @@ def compare(
     OUT/report.html with OUT/figures/*.png, all atomically. With strict=False an analysis that fails unexpectedly is
     recorded in OUT/summary.json under "failed" (name -> message) while the others still run. `diff_corpus`: a text
     file (one text a line) for the model-diffing analyses (adl, diff_mining); default: unconditional samples of the
-    base model.
+    base model. `crosscoder`: settings of the opt-in crosscoder analysis, "KEY=VALUE,..." (see
+    `rlhf_interp.analysis.crosscoder.CrosscoderConfig`).
     """
     import torch
 
     from rlhf_interp.progress import progress_bar
 
     names = parse_analyses(analyses)
+    if crosscoder is not None:
+        from rlhf_interp.analysis.crosscoder import parse_config
+
+        parse_config(crosscoder)  # a bad setting fails before the models load
     if diff_corpus is not None and not Path(diff_corpus).is_file():
         raise UserError(f"--diff-corpus: file not found: {diff_corpus}")
     if out is not None:
@@ -213,10 +232,11 @@ def compare(
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     ctx: dict[str, Any] = {"seed": seed, "reward": reward, "samples_per_prompt": samples_per_prompt,
                            "new_tokens": new_tokens, "tables": {},
-                           "diff_corpus": diff_corpus}
+                           "diff_corpus": diff_corpus, "crosscoder": crosscoder}
     failed: dict[str, str] = {}
     with progress_bar() as bar:
         task = bar.add_task("compare", total=len(names), info="")
+        ctx["say"] = (lambda text: None) if bar.disable else bar.console.print  # a line above the bar
         for name in names:
             bar.update(task, info=name)
             t = time.perf_counter()
