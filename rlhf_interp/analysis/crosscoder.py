@@ -399,8 +399,9 @@ def crosscoder(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     cc, losses = train_crosscoder(x_train, cfg, n_latents, seed)
     f = encode_all(cc, x)
     latents = latent_table(cc, x, f)
-    meta = {"kind": cfg.kind, "layer": layer, "latents": n_latents, "k": cfg.k if cfg.kind == "batchtopk" else None,
-            "l1": cfg.l1 if cfg.kind == "l1" else None, "steps": cfg.steps, "batch": batch,
+    meta = {"kind": cfg.kind, "layer": layer, "latents": n_latents,
+            "k": cfg.k if cfg.kind == "batchtopk" else float("nan"), "l1": cfg.l1 if cfg.kind == "l1" else float("nan"),
+            "steps": cfg.steps, "batch": batch,
             "dead_fraction": float((latents["class"] == "dead").mean()), "final_loss": losses[-1].item()}
     fvu = fvu_rows(cc, x_train, "train") + (fvu_rows(cc, x[~train_rows.to(x.device)], "heldout")
                                             if (~train_rows).any() else [])

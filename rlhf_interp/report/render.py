@@ -36,6 +36,7 @@ REQUIRED = {
     "attention_patterns": ["prompt_index", "prompt", "layer", "head", "model", "query", "key", "query_token", "weight"],
     "weight_diff": ["component", "layer", "head", "rel_change"],
     "direction": ["layer", "cosine_base_tuned", "patch_along_direction_effect"],
+    "crosscoder_latents": ["layer", "kind", "latent", "rel_norm", "class", "nu_error", "nu_recon", "artifact"],
 }
 
 
