@@ -23,7 +23,8 @@ def compare_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     tuned = plant_head(EMBEDDED_DIR, root / "planted", 2, 1)
     out = root / "out dir ü"  # spaces and non-ASCII in the path
-    compare("embedded", str(tuned), prompts=list(EMBEDDED_PROMPTS)[:8], out=out, samples_per_prompt=2, new_tokens=10)
+    compare("embedded", str(tuned), prompts=list(EMBEDDED_PROMPTS)[:8], out=out, samples_per_prompt=2, new_tokens=10,
+            analyses="all,crosscoder", crosscoder="steps=100,texts=32,latents=128,k=8")  # every figure, opt-in too
     # a model "writes" markup: it must come out escaped
     beh = pd.read_csv(out / "tables" / "behaviour.csv")
     beh.loc[0, "response"] = "<script>alert('x')</script> & <b>bold</b>"

@@ -25,13 +25,15 @@ activation frequency, and Latent Scaling (Minder et al.): for latent j with tune
 f_j, β = argmin_β Σ_n ‖β f_j(n) d − y_n‖² = Σ_n f_j(n) (y_n · d) / (‖d‖² Σ_n f_j(n)²) per model m for two targets:
 the reconstruction y = x̂^m − b_dec^m (every latent's contribution) and the error y = x^m − x̂^m + f_j d_j^m (what the
 reconstruction misses, plus latent j's own part). ν = β^base / β^tuned estimates how much of the latent the base
-model carries. A tuned-only latent claims ‖d^b‖/‖d^t‖ < 0.2; when ν^error > 0.2 the concept is in the base
-activations but not in its decoder (`complete_shrinkage`), when ν^recon > 0.2 other latents reconstruct it in base
-(`latent_decoupling`): the two L1 artifacts of Minder et al. (the 0.2 bound is this toolkit's, matched to the class).
+model carries (NaN for base-only and dead latents: no tuned decoder to scale). A tuned-only latent claims
+‖d^b‖/‖d^t‖ < 0.2; when ν^error > 0.2 the concept is in the base activations but not in its decoder
+(`complete_shrinkage`), when ν^recon > 0.2 other latents reconstruct it in base (`latent_decoupling`): the two L1
+artifacts of Minder et al. (the 0.2 bound is this toolkit's, matched to the class).
 
-For the top tuned-only latents by activation mass Σ_n f_j(n) ‖d_j^tuned‖ (`crosscoder_top`): the contexts where they
-fire most (one per text) and the tokens their tuned decoder promotes through the tuned model's logit lens
-(centre(d)/s @ W_U, s its mean final-norm scale; only roughly what the direction does after the later blocks).
+For the top tuned-only latents by activation mass Σ_n f_j(n) ‖d_j^tuned‖ (`crosscoder_top`; when there is none, the
+tuned-leaning latents with Δ > 0.6, marked by their class): the contexts where they fire most (one per text) and
+the tokens their tuned decoder promotes through the tuned model's logit lens (centre(d)/s @ W_U, s its mean final-norm
+scale; only roughly what the direction does after the later blocks).
 `crosscoder_fvu`: fraction of variance unexplained per model on the training and held-out tokens, L0, dead latents.
 """
 

@@ -213,11 +213,11 @@ def _crosscoder(t: Tables, summary: dict[str, Any]) -> list[str]:
         ctx = j[j.kind == "context"].sort_values("rank")
         prom = j[j.kind == "promoted"].sort_values("rank").token.head(5)
         r = j.iloc[0]
-        label = "top tuned-only latent" if r["class"] == "tuned-only" else (
-            f"no latent is tuned-only; the most used tuned-leaning one (Δ = {r.rel_norm:.2f})")
+        label = "The top tuned-only latent" if r["class"] == "tuned-only" else (
+            f"No latent is tuned-only; the most used tuned-leaning one (Δ = {r.rel_norm:.2f})")
         flag = f", flagged {r.artifact}" if isinstance(r.artifact, str) and r.artifact else ""
-        text += (f" The {label}, #{int(r.latent)}{flag}, fires most on {ctx.context.iloc[0]!r}" if len(ctx) else
-                 f" The {label}, #{int(r.latent)}{flag},")
+        text += (f" {label}, #{int(r.latent)}{flag}, fires most on {ctx.context.iloc[0]!r}" if len(ctx) else
+                 f" {label}, #{int(r.latent)}{flag},")
         text += f" and its tuned decoder promotes {', '.join(repr(x) for x in prom)}."
     return [text]
 
