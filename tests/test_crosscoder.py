@@ -186,3 +186,16 @@ def test_crosscoder_runs_from_compare_and_writes_its_tables(tmp_path):
     assert "Crosscoder (BatchTopK k=8, 128 latents, residual after block 2" in html
     pd.testing.assert_frame_equal(read_table(out / "tables" / "crosscoder_fvu.csv"), tables["crosscoder_fvu"],
                                   check_dtype=False)
+
+
+def test_the_budget_is_stated_before_training(tmp_path):
+    from rlhf_interp.analysis import open_pair
+    from rlhf_interp.analysis.crosscoder import crosscoder
+
+    pair = open_pair("embedded", "embedded", prompts=list(EMBEDDED_PROMPTS)[:2])
+    said: list[str] = []
+    ctx = {"seed": 0, "new_tokens": 8, "crosscoder": "kind=l1,steps=20,texts=12,latents=64", "say": said.append}
+    tables = crosscoder(pair, ctx)
+    assert len(said) == 1 and said[0].startswith("crosscoder: L1 λ=0.5, 64 latents on blocks.2.hook_resid_post")
+    n = int(tables["crosscoder_fvu"].query("split == 'train'").tokens.iloc[0])
+    assert f"{n:,} training tokens" in said[0] and "20 steps of" in said[0]
