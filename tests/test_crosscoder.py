@@ -188,7 +188,7 @@ def test_crosscoder_runs_from_compare_and_writes_its_tables(tmp_path):
                                   check_dtype=False)
 
 
-def test_the_budget_is_stated_before_training(tmp_path):
+def test_the_budget_is_stated_before_training():
     from rlhf_interp.analysis import open_pair
     from rlhf_interp.analysis.crosscoder import crosscoder
 
