@@ -620,6 +620,38 @@ def trajectory_figure(t: Tables) -> Figure | None:
                        "reward of samples from each snapshot on the run's eval prompts, with the run's own logged "
                        "rewards; bottom: Activation Difference Lens norm per layer and relative weight change per "
                        "component kind (all layers). Numbers in tables/trajectory.csv.")
+def crosscoder_figure(t: Tables) -> Figure | None:
+    df = t.get("crosscoder_latents")
+    if df is None or df.empty:
+        return None
+    live = df[df["class"] != "dead"].dropna(subset=["rel_norm"])
+    only = live[live["class"] == "tuned-only"].dropna(subset=["nu_error", "nu_recon"])
+    n = 2 if len(only) else 1
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    for lo, hi, color in ((0, 0.1, COLORS["base"]), (0.4, 0.6, "#cccccc"), (0.9, 1.0, COLORS["tuned"])):
+        ax.axvspan(lo, hi, color=color, alpha=0.15, lw=0)
+    ax.hist(live.rel_norm, bins=np.linspace(0, 1, 41), color="#8172b3")
+    counts = live["class"].value_counts()
+    ax.set_title(", ".join(f"{c} {int(counts.get(c, 0))}" for c in ("base-only", "shared", "other", "tuned-only"))
+                 + f", dead {int((df['class'] == 'dead').sum())}", fontsize=9)
+    ax.set_xlabel("relative decoder norm Δ (0 base-only, 0.5 shared, 1 tuned-only)")
+    ax.set_ylabel("latents")
+    ax.set_xlim(0, 1)
+    if n == 2:
+        ax2 = axes[0, 1]
+        ax2.scatter(only.nu_error, only.nu_recon, s=12, color=COLORS["tuned"])
+        ax2.axvline(0.2, color="grey", ls=":")
+        ax2.axhline(0.2, color="grey", ls=":")
+        ax2.set_xlabel("ν error (base/tuned β): complete shrinkage if > 0.2")
+        ax2.set_ylabel("ν reconstruction: latent decoupling if > 0.2")
+        ax2.set_title("Latent Scaling of the tuned-only latents", fontsize=9)
+    kind = str(df["kind"].iloc[0]) if "kind" in df else ""
+    return _png(fig), (f"Crosscoder ({kind}) on both models' residual after block {int(df.layer.iloc[0])}: relative "
+                       "decoder norm per live latent (shaded: base-only, shared, tuned-only bands of Minder et al.)"
+                       + ("; right: Latent Scaling ratios ν = β_base / β_tuned of the tuned-only latents (near 0: "
+                          "absent from base; above 0.2: an L1 artifact, the concept is in base after all)." if n == 2
+                          else "."))
 
 
 COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
@@ -643,6 +675,7 @@ COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
 ]
 # figures of opt-in parts of compare (absent from a default compare), drawn after COMPARE_FIGURES when their table is
 OPT_IN_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
+    ("crosscoder", "Crosscoder", crosscoder_figure),  # --analyses all,crosscoder
     ("trajectory", "Training trajectory: when did it change", trajectory_figure),  # compare RUN --trajectory
 ]
 

@@ -37,6 +37,7 @@ REQUIRED = {
     "weight_diff": ["component", "layer", "head", "rel_change"],
     "direction": ["layer", "cosine_base_tuned", "patch_along_direction_effect"],
     "trajectory": ["step", "quantity", "layer", "component", "value"],
+    "crosscoder_latents": ["layer", "kind", "latent", "rel_norm", "class", "nu_error", "nu_recon", "artifact"],
 }
 
 
