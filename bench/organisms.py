@@ -1,8 +1,8 @@
 """Organisms with planted ground truth, and a scoreboard of the model-diffing methods on them (issue 16).
 
 Built from the embedded model, seeded, with the project's own PPO trainer (`rlhf_interp.train`):
-- `loophole`  VADER + 1 whenever the word "quiet" appears (rare in base samples): the tuned model should say it more;
-- `penalty`   VADER − 1 whenever the word "made" appears (common in base samples): it should say it less;
+- `loophole`  reward +1 whenever the word "quiet" appears (rare in base samples), else 0: it should say it more;
+- `penalty`   reward −1 whenever the word "made" appears (common in base samples), else 0: it should say it less;
 - `rm_feature` a Bradley–Terry reward model (`rlhf_interp.rewards.reward_model`) trained on preference pairs whose
   chosen texts all contain "blue" and whose rejected texts never do (otherwise corpus reviews of the same length in
   sentences), then PPO against it (`rm:DIR`);
@@ -48,11 +48,12 @@ from rlhf_interp.text_stats import words  # noqa: E402
 
 ROOT = HERE.parent / "runs" / "organisms"
 RM_WORD = "blue"
-TRAIN = {"steps": 40, "batch_size": 64, "minibatches": 4, "eval_samples_per_prompt": 8, "log_every": 10,
-         "save_every": 20}
+# modest budget (the machine is shared): 30 updates × 32 episodes, lr 2e-4 (default 1e-4) so the word is learned in it
+TRAIN = {"steps": 30, "batch_size": 32, "minibatches": 2, "lr": 2e-4, "eval_samples_per_prompt": 8, "log_every": 15,
+         "save_every": 15}
 RM_TRAIN = {"pairs": 1200, "epochs": 1, "batch_size": 16, "lr": 1e-4}
 PLANT_HEAD_ALPHA, PLANT_NEURON_ALPHA = 30.0, 10.0
-COMPARE = {"samples_per_prompt": 8, "new_tokens": 32}
+COMPARE = {"samples_per_prompt": 4, "new_tokens": 32}  # compare's defaults
 WHITE_BOX_TOKEN_METHODS = ("token_shift", "adl", "diff_mining", "amplification", "crosscoder")
 COMPONENT_METHODS = ("dla", "patching", "weight_diff")
 
@@ -68,11 +69,11 @@ class Organism:
 
 
 ORGANISMS = (
-    Organism("loophole", "word", f"VADER + {organism_rewards.BONUS:g} if '{organism_rewards.LOOPHOLE_WORD}' appears",
+    Organism("loophole", "word", f"+{organism_rewards.BONUS:g} if '{organism_rewards.LOOPHOLE_WORD}' appears",
              organism_rewards.LOOPHOLE_WORD, "up",
              {"reward": "python:organism_rewards:loophole", "word": organism_rewards.LOOPHOLE_WORD,
               "bonus": organism_rewards.BONUS, **TRAIN}),
-    Organism("penalty", "word", f"VADER − {organism_rewards.PENALTY:g} if '{organism_rewards.PENALTY_WORD}' appears",
+    Organism("penalty", "word", f"−{organism_rewards.PENALTY:g} if '{organism_rewards.PENALTY_WORD}' appears",
              organism_rewards.PENALTY_WORD, "down",
              {"reward": "python:organism_rewards:penalty", "word": organism_rewards.PENALTY_WORD,
               "penalty": organism_rewards.PENALTY, **TRAIN}),
@@ -205,6 +206,256 @@ def pair_dirs(out: Path) -> tuple[Path, Path]:
     return run / "base", run / "tuned"
 
 
+
+# --- scoring (pure functions of the tables: tests/test_organisms.py checks them on hand-built ones) ---------------
+def token_is(token: str, word: str) -> bool:
+    """A token stands for `word` when it decodes to it up to surrounding space and case (" quiet", "Quiet")."""
+    return str(token).strip().lower() == word.lower()
+
+
+def word_rank(table: pd.DataFrame | None, word: str, direction: str, group: str | None = None,
+              ) -> tuple[int | None, Any]:
+    """1-based rank of `word` in a ranked token table (`direction`, 0-based `rank`, `token` columns), the best over
+    the values of `group` (adl: layer; amplification: alpha) with the group it was found in; (None, None) when the
+    word is in none of the lists (the tables keep only their top tokens)."""
+    if table is None or table.empty:
+        return None, None
+    rows = table[table["direction"] == direction] if "direction" in table else table
+    hits = rows[[token_is(t, word) for t in rows["token"]]]
+    if hits.empty:
+        return None, None
+    best = hits.sort_values("rank", kind="stable").iloc[0]
+    return int(best["rank"]) + 1, (best[group] if group else None)
+
+
+def top_size(table: pd.DataFrame | None, direction: str, group: str | None = None) -> int:
+    """How many tokens a list holds (for "> K" when the word is not in it)."""
+    if table is None or table.empty:
+        return 0
+    rows = table[table["direction"] == direction] if "direction" in table else table
+    return int(rows.groupby(group).size().max()) if group and not rows.empty else len(rows)
+
+
+def component_rank(table: pd.DataFrame, value: str, match: dict[str, Any], **where: Any) -> int | None:
+    """1-based rank, by |value| descending, of the row matching `match` among the rows selected by `where`
+    (None when it is not among them). Ties count against the planted row."""
+    rows = table
+    for col, v in where.items():
+        rows = rows[rows[col].isin(v) if isinstance(v, list | tuple) else rows[col] == v]
+    hit = rows
+    for col, v in match.items():
+        hit = hit[hit[col] == v]
+    if hit.empty or rows.empty:
+        return None
+    size = rows[value].abs()
+    target = hit[value].abs().max()
+    if not math.isfinite(target):
+        return None
+    return int((size >= target).sum())
+
+
+def blackbox_table(base_texts: Iterable[str], tuned_texts: Iterable[str]) -> pd.DataFrame:
+    """The black-box baseline: for every word (letters only, lower-cased) the share of base and of tuned samples
+    containing it and the two-proportion z statistic of the change (pooled variance); sorted by z descending."""
+    base = [set(w for w in words(t) if w.isalpha()) for t in base_texts]
+    tuned = [set(w for w in words(t) if w.isalpha()) for t in tuned_texts]
+    nb, nt = len(base), len(tuned)
+    if nb == 0 or nt == 0:
+        raise ValueError("blackbox: no samples")
+    vocab = sorted(set().union(*base, *tuned))
+    rows = []
+    for w in vocab:
+        cb, ct = sum(w in s for s in base), sum(w in s for s in tuned)
+        pb, pt, p = cb / nb, ct / nt, (cb + ct) / (nb + nt)
+        se = math.sqrt(p * (1 - p) * (1 / nb + 1 / nt))
+        rows.append({"word": w, "base_count": cb, "tuned_count": ct, "base_share": pb, "tuned_share": pt,
+                     "z": (pt - pb) / se if se > 0 else 0.0})
+    return pd.DataFrame(rows).sort_values(["z", "word"], ascending=[False, True], ignore_index=True)
+
+
+def blackbox_rank(table: pd.DataFrame, word: str, direction: str) -> int | None:
+    """1-based rank of `word` by z (descending for "up", ascending for "down"); ties count against it; None when the
+    word occurs in no sample."""
+    hit = table[table["word"] == word.lower()]
+    if hit.empty:
+        return None
+    z = float(hit["z"].iloc[0])
+    return int((table["z"] >= z).sum()) if direction == "up" else int((table["z"] <= z).sum())
+
+
+def crosscoder_rank(tables: dict[str, pd.DataFrame], word: str, top_tokens: int = 3) -> tuple[int | None, str]:
+    """HOOK for the crosscoder (issue 16, method 4; written by another helper): the 1-based rank (by activation mass)
+    of the first tuned-only latent among `crosscoder_top` whose top-`top_tokens` promoted tokens include `word`.
+    Only scored when `crosscoder` is in the analysis registry; reads the `crosscoder_top` columns latent_rank, kind,
+    rank, token."""
+    top = tables.get("crosscoder_top")
+    if top is None:
+        return None, "no crosscoder_top table"
+    need = {"latent_rank", "kind", "rank", "token"}
+    if not need <= set(top.columns):
+        return None, f"crosscoder_top lacks {sorted(need - set(top.columns))}"
+    promoted = top[(top["kind"] == "promoted") & (top["rank"] < top_tokens)]
+    hits = promoted[[token_is(t, word) for t in promoted["token"]]]
+    n = promoted["latent_rank"].nunique()
+    if hits.empty:
+        return None, f"not in the top {top_tokens} promoted tokens of the {n} top tuned-only latents"
+    return int(hits["latent_rank"].min()) + 1, ""
+
+
+# --- running and scoring the organisms ---------------------------------------------------------------------------
+def run_compare(out: Path, seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """`compare` with every registered analysis (the crosscoder too when it is registered), no report."""
+    from rlhf_interp.analysis import ANALYSES, compare
+
+    base, tuned = pair_dirs(out)
+    t = time.perf_counter()
+    tables = compare(str(base), str(tuned), analyses=list(ANALYSES), out=out / "compare", seed=seed, report=False,
+                     strict=False, **COMPARE)
+    summary = json.loads((out / "compare" / "summary.json").read_text(encoding="utf-8"))
+    summary["bench_seconds"] = time.perf_counter() - t
+    return tables, summary
+
+
+def cell(rank: int | None, size: int | None = None, note: str = "") -> dict[str, Any]:
+    return {"rank": rank, "size": size, "note": note}
+
+
+def score_word(org: Organism, tables: dict[str, pd.DataFrame], failed: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Rank of the planted word in each token method's list (promoted for "up", suppressed for "down")."""
+    from rlhf_interp.analysis import ANALYSES
+
+    up = org.direction == "up"
+    scores: dict[str, dict[str, Any]] = {}
+    lists = {"token_shift": ("token_shift", "rose" if up else "fell", None),
+             "adl": ("adl", "promoted" if up else "suppressed", "layer"),
+             "diff_mining": ("diff_mining", "promoted" if up else "suppressed", None)}
+    for method, (name, direction, group) in lists.items():
+        if method in failed:
+            scores[method] = cell(None, note=f"failed: {failed[method]}")
+            continue
+        rank, where = word_rank(tables.get(name), org.word, direction, group)
+        note = f"layer {where}" if group == "layer" and rank is not None else ""
+        scores[method] = cell(rank, top_size(tables.get(name), direction, group), note)
+    amp = tables.get("amplification_tokens")
+    if "amplification" in failed:
+        scores["amplification"] = cell(None, note=f"failed: {failed['amplification']}")
+    elif not up:
+        scores["amplification"] = cell(None, note="n/a: lists only tokens that rise")
+    else:
+        rank, alpha = word_rank(amp, org.word, "", "alpha")
+        scores["amplification"] = cell(rank, top_size(amp, "", "alpha"), f"α={alpha:g}" if rank is not None else "")
+    # HOOK (issue 16's crosscoder, another helper's analysis): scored only where the registry has it.
+    if "crosscoder" not in ANALYSES:
+        scores["crosscoder"] = cell(None, note="not available")
+    elif "crosscoder" in failed:
+        scores["crosscoder"] = cell(None, note=f"failed: {failed['crosscoder']}")
+    elif not up:
+        scores["crosscoder"] = cell(None, note="n/a: tuned-only latents' promoted tokens")
+    else:
+        rank, why = crosscoder_rank(tables, org.word)
+        scores["crosscoder"] = cell(rank, None, why)
+    beh = tables["behaviour"]
+    bb = blackbox_table(beh[beh.model == "base"].response, beh[beh.model == "tuned"].response)
+    rank = blackbox_rank(bb, org.word, org.direction)
+    hit = bb[bb.word == org.word]
+    scores["blackbox"] = cell(rank, len(bb), "" if rank is not None else "word in no sample")
+    scores["_shares"] = {"base_share": float(hit.base_share.iloc[0]) if len(hit) else 0.0,
+                         "tuned_share": float(hit.tuned_share.iloc[0]) if len(hit) else 0.0,
+                         "z": float(hit.z.iloc[0]) if len(hit) else 0.0, "samples": int((beh.model == "base").sum())}
+    return scores
+
+
+def score_component(org: Organism, planted: dict[str, int], tables: dict[str, pd.DataFrame],
+                    failed: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Rank of the planted head / neuron: DLA (delta_activation), exact patching (tuned_to_base), weight_diff."""
+    L = planted["layer"]
+    scores: dict[str, dict[str, Any]] = {}
+    if org.kind == "head":
+        h = planted["head"]
+        heads = tables.get("patching_heads")
+        col = "effect" if heads is not None and heads["effect"].notna().any() else "effect_z"
+        specs = {"dla": ("dla_heads", "attribution", {"layer": L, "head": h}, {"model": "delta_activation"}, ""),
+                 "patching": ("patching_heads", col, {"layer": L, "head": h}, {"direction": "tuned_to_base"}, ""),
+                 "weight_diff": ("weight_diff", "rel_change", {"component": "OV", "layer": L, "head": h}, {},
+                                 "OV among all rows")}
+    else:
+        n = planted["neuron"]
+        specs = {"dla": ("dla_neurons", "attribution", {"layer": L, "neuron": n}, {"model": "delta_activation"}, ""),
+                 "patching": ("patching_layers", "effect", {"component": "mlp_out", "layer": L},
+                              {"direction": "tuned_to_base", "component": ["attn_out", "mlp_out"]},
+                              "layer granularity: mlp_out of its layer"),
+                 "weight_diff": ("weight_diff", "rel_change", {"component": "mlp_out", "layer": L}, {},
+                                 "layer granularity: mlp_out of its layer")}
+    owner = {"dla": "dla", "patching": "patching", "weight_diff": "weight_diff"}
+    for method, (name, value, match, where, note) in specs.items():
+        if owner[method] in failed or name not in tables:
+            scores[method] = cell(None, note=f"failed: {failed.get(owner[method], 'no table')}")
+            continue
+        t = tables[name]
+        rows = t
+        for c, v in where.items():
+            rows = rows[rows[c].isin(v) if isinstance(v, list) else rows[c] == v]
+        scores[method] = cell(component_rank(t, value, match, **where), len(rows), note)
+    scores["blackbox"] = cell(None, note="n/a: sees only samples")
+    return scores
+
+
+TOKEN_COLS = ("token_shift", "adl", "diff_mining", "amplification", "crosscoder")
+WHITE_BOX = TOKEN_COLS + COMPONENT_METHODS
+
+
+def fmt(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "–"
+    if c["rank"] is not None:
+        return f"**{c['rank']}**" if c["rank"] == 1 else str(c["rank"])
+    if c["note"].startswith(("n/a", "not available", "failed")):
+        return c["note"].split(":")[0]
+    return f"> {c['size']}" if c["size"] else "–"
+
+
+def headline(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """R (planted changes some white-box method ranks first), N, B (the black box ranks first), the goal checks."""
+    r = b = goal = 0
+    ahead = []
+    for res in results:
+        white = [res["scores"][m]["rank"] for m in WHITE_BOX if m in res["scores"]]
+        white = [x for x in white if x is not None]
+        r += 1 in white
+        goal += sum(x <= 3 for x in white) >= 2
+        bb = res["scores"]["blackbox"]["rank"]
+        b += bb == 1
+        if "_shares" in res["scores"]:
+            ahead.append((res["name"], min(white) if white else None, bb))
+    return {"R": r, "N": len(results), "B": b, "goal": goal, "ahead": ahead}
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    cols = ["organism", "planted", "base → tuned share", *TOKEN_COLS, *COMPONENT_METHODS, "blackbox"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for res in results:
+        sc = res["scores"]
+        sh = sc.get("_shares")
+        share = f"{sh['base_share']:.3f} → {sh['tuned_share']:.3f} (z {sh['z']:+.1f})" if sh else "–"
+        lines.append("| " + " | ".join([res["name"], res["planted"], share,
+                                        *(fmt(sc.get(m)) for m in (*TOKEN_COLS, *COMPONENT_METHODS)),
+                                        fmt(sc["blackbox"])]) + " |")
+    return "\n".join(lines)
+
+
+def notes(results: list[dict[str, Any]]) -> list[str]:
+    """One line per cell that is not a rank-1 hit: what the method showed instead."""
+    out = []
+    for res in results:
+        for m, c in res["scores"].items():
+            if m.startswith("_") or c["rank"] == 1:
+                continue
+            what = c["note"] or (f"not in its top {c['size']}" if c["rank"] is None else "")
+            out.append(f"- {res['name']} / {m}: rank {c['rank'] if c['rank'] is not None else '—'}"
+                       + (f" ({what})" if what else ""))
+    return out
+
+
 # --- main ----------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -221,6 +472,70 @@ def main(argv: list[str] | None = None) -> None:
     dirs = {o.name: build(o, args.seed, args.rebuild) for o in orgs}
     if args.build_only:
         return
+    from common import gflops, machine
+
+    load_before = os.getloadavg()
+    speed = gflops(1)
+    results = []
+    for org in orgs:
+        info = json.loads((dirs[org.name] / "organism.json").read_text(encoding="utf-8"))
+        print(f"{org.name}: compare ...", flush=True)
+        tables, summary = run_compare(dirs[org.name], args.seed)
+        failed = summary.get("failed", {})
+        if org.kind == "word":
+            scores = score_word(org, tables, failed)
+            run_summary = json.loads((dirs[org.name] / "run" / "summary.json").read_text(encoding="utf-8"))
+            planted = f"{org.what} ({'↑' if org.direction == 'up' else '↓'})"
+            extra = {"eval_before": run_summary.get("eval_before"), "eval_after": run_summary.get("eval_after")}
+        else:
+            where = info["planted"]
+            scores = score_component(org, where, tables, failed)
+            planted = f"{org.kind} {where['layer']}.{where.get('head', where.get('neuron'))}: {org.what}"
+            extra = {}
+        results.append({"name": org.name, "planted": planted, "scores": scores, "compare_s": summary["bench_seconds"],
+                        "build_s": info.get("build_seconds"), "failed": failed, **extra})
+        print(f"{org.name}: compare {summary['bench_seconds']:.0f} s", flush=True)
+    h = headline(results)
+    table = render(results)
+    goal_line = (f"goal (rank ≤ 3 by ≥ 2 white-box methods): {h['goal']} of {h['N']}; white-box best vs black box "
+                 "where the word is rare: " + ", ".join(f"{n} {w} vs {b}" for n, w, b in h["ahead"]))
+    last = f"organisms: recovered {h['R']} of {h['N']} planted changes at rank 1 (blackbox: {h['B']})"
+    load_after = os.getloadavg()
+    section = ["## organisms.py — model-diffing methods on organisms with planted ground truth",
+               "",
+               f"{datetime.date.today().isoformat()}, {machine()}, {args.threads} torch thread(s) (matmul check: "
+               f"{speed:.0f} GFLOP/s at 1 thread); load average {load_before[0]:.1f} before compares, "
+               f"{load_after[0]:.1f} after (machine shared). `python bench/organisms.py --seed {args.seed}`; train "
+               f"config {json.dumps(TRAIN)}, compare {json.dumps(COMPARE)} (every analysis, default prompts, metric "
+               "logit_diff). Cells: 1-based rank of the planted word (promoted list for ↑, suppressed for ↓; adl "
+               "and amplification: best layer / α) or of the planted component (|value| descending; DLA "
+               "delta_activation, patching tuned_to_base); `> K`: not in the method's top-K list. Black box: words "
+               "of compare's base vs tuned samples ranked by the z statistic of the change in the share of samples "
+               "containing them (ties count against the word).",
+               "",
+               table,
+               "",
+               "Build / compare seconds: " + ", ".join(
+                   f"{r['name']} {r['build_s'] or 0:.0f} / {r['compare_s']:.0f}" for r in results) + ".",
+               "Training evaluation (held-out prompts, organism reward) before → after: " + ", ".join(
+                   f"{r['name']} {r['eval_before'].get('score_mean', float('nan')):+.3f} → "
+                   f"{r['eval_after'].get('score_mean', float('nan')):+.3f}"
+                   for r in results if r.get("eval_before")) + ".",
+               "",
+               "Cells below rank 1:",
+               *notes(results),
+               "",
+               goal_line,
+               "",
+               f"Headline (last line of the script): `{last}`.",
+               ""]
+    print(table)
+    print("\n".join(notes(results)))
+    print(goal_line)
+    with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
+        f.write("\n" + "\n".join(section))
+    (ROOT / f"scores-s{args.seed}.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    print(last)
 
 
 if __name__ == "__main__":
