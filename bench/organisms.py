@@ -2,6 +2,7 @@
 
 Built from the embedded model, seeded, with the project's own PPO trainer (`rlhf_interp.train`):
 - `loophole`  reward +1 whenever the word "quiet" appears (rare in base samples), else 0: it should say it more;
+- `loophole_early` the same at half the updates (15): the word still rare in the tuned model's samples;
 - `penalty`   reward −1 whenever the word "made" appears (common in base samples), else 0: it should say it less;
 - `rm_feature` a Bradley–Terry reward model (`rlhf_interp.rewards.reward_model`) trained on preference pairs whose
   chosen texts all contain "blue" and whose rejected texts never do (otherwise corpus reviews of the same length in
@@ -73,6 +74,12 @@ ORGANISMS = (
              organism_rewards.LOOPHOLE_WORD, "up",
              {"reward": "python:organism_rewards:loophole", "word": organism_rewards.LOOPHOLE_WORD,
               "bonus": organism_rewards.BONUS, **TRAIN}),
+    # the same loophole at half the budget: the word still rare in the tuned model's samples (the case where a
+    # black box that only reads samples should struggle)
+    Organism("loophole_early", "word", f"as loophole, {TRAIN['steps'] // 2} updates",
+             organism_rewards.LOOPHOLE_WORD, "up",
+             {"reward": "python:organism_rewards:loophole", "word": organism_rewards.LOOPHOLE_WORD,
+              "bonus": organism_rewards.BONUS, **TRAIN, "steps": TRAIN["steps"] // 2}),
     Organism("penalty", "word", f"−{organism_rewards.PENALTY:g} if '{organism_rewards.PENALTY_WORD}' appears",
              organism_rewards.PENALTY_WORD, "down",
              {"reward": "python:organism_rewards:penalty", "word": organism_rewards.PENALTY_WORD,
@@ -173,9 +180,18 @@ def build(org: Organism, seed: int, rebuild: bool = False, root: Path = ROOT, lo
     if done.is_file() and not rebuild:
         log(f"{org.name}: cached {out}")
         return out
+    lock = out / "building.pid"
+    if lock.is_file():
+        pid = int(lock.read_text() or 0)
+        try:
+            os.kill(pid, 0)
+            raise SystemExit(f"{org.name}: being built by process {pid} ({out}); wait for it")
+        except ProcessLookupError:
+            pass  # a build that died: start again
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    lock.write_text(str(os.getpid()))
     t = time.perf_counter()
     info: dict[str, Any] = {"name": org.name, "seed": seed, "config": org.config, "what": org.what}
     if org.kind in ("head", "neuron"):
@@ -197,6 +213,7 @@ def build(org: Organism, seed: int, rebuild: bool = False, root: Path = ROOT, lo
         _train(org, out / "run", seed, org.config["reward"])
     info["build_seconds"] = time.perf_counter() - t
     done.write_text(json.dumps(info, indent=1), encoding="utf-8")
+    lock.unlink()
     log(f"{org.name}: built in {info['build_seconds']:.0f} s -> {out}")
     return out
 
@@ -303,16 +320,26 @@ def crosscoder_rank(tables: dict[str, pd.DataFrame], word: str, top_tokens: int 
 
 
 # --- running and scoring the organisms ---------------------------------------------------------------------------
-def run_compare(out: Path, seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """`compare` with every registered analysis (the crosscoder too when it is registered), no report."""
+def run_compare(out: Path, seed: int, reuse: bool = False) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """`compare` with every registered analysis (the crosscoder too when it is registered), no report. With `reuse`,
+    the tables an earlier run of this script wrote (same seed) are read back instead."""
     from rlhf_interp.analysis import ANALYSES, compare
+    from rlhf_interp.io import read_table
 
+    cdir = out / "compare"
+    stamp = cdir / "bench.json"
+    if reuse and stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("seed") == seed:
+        summary = json.loads((cdir / "summary.json").read_text(encoding="utf-8"))
+        summary["bench_seconds"] = json.loads(stamp.read_text(encoding="utf-8"))["seconds"]
+        return {p.stem: read_table(p) for p in sorted((cdir / "tables").glob("*.csv"))}, summary
     base, tuned = pair_dirs(out)
     t = time.perf_counter()
-    tables = compare(str(base), str(tuned), analyses=list(ANALYSES), out=out / "compare", seed=seed, report=False,
+    tables = compare(str(base), str(tuned), analyses=list(ANALYSES), out=cdir, seed=seed, report=False,
                      strict=False, **COMPARE)
-    summary = json.loads((out / "compare" / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((cdir / "summary.json").read_text(encoding="utf-8"))
     summary["bench_seconds"] = time.perf_counter() - t
+    stamp.write_text(json.dumps({"seed": seed, "seconds": summary["bench_seconds"], "analyses": list(ANALYSES)}),
+                     encoding="utf-8")
     return tables, summary
 
 
@@ -464,6 +491,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default="", help="comma list of organisms (default: all)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the CLI's default is 2)")
     ap.add_argument("--build-only", action="store_true", help="build (or reuse) the organisms, score nothing")
+    ap.add_argument("--reuse-compare", action="store_true",
+                    help="read back the compare tables an earlier run wrote (default: rerun compare)")
+    ap.add_argument("--no-results", action="store_true", help="print the scoreboard, do not append to RESULTS.md")
     args = ap.parse_args(argv)
     import torch
 
@@ -480,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     for org in orgs:
         info = json.loads((dirs[org.name] / "organism.json").read_text(encoding="utf-8"))
         print(f"{org.name}: compare ...", flush=True)
-        tables, summary = run_compare(dirs[org.name], args.seed)
+        tables, summary = run_compare(dirs[org.name], args.seed, args.reuse_compare)
         failed = summary.get("failed", {})
         if org.kind == "word":
             scores = score_word(org, tables, failed)
@@ -532,8 +562,9 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     print("\n".join(notes(results)))
     print(goal_line)
-    with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
-        f.write("\n" + "\n".join(section))
+    if not args.no_results:
+        with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write("\n" + "\n".join(section))
     (ROOT / f"scores-s{args.seed}.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     print(last)
 
