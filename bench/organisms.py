@@ -330,7 +330,9 @@ def run_compare(out: Path, seed: int, reuse: bool = False) -> tuple[dict[str, pd
     stamp = cdir / "bench.json"
     if reuse and stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("seed") == seed:
         summary = json.loads((cdir / "summary.json").read_text(encoding="utf-8"))
-        summary["bench_seconds"] = json.loads(stamp.read_text(encoding="utf-8"))["seconds"]
+        earlier = json.loads(stamp.read_text(encoding="utf-8"))
+        summary["bench_seconds"], summary["bench_load"] = earlier["seconds"], earlier.get("load")
+        summary["bench_reused"] = True
         return {p.stem: read_table(p) for p in sorted((cdir / "tables").glob("*.csv"))}, summary
     base, tuned = pair_dirs(out)
     t = time.perf_counter()
@@ -338,8 +340,9 @@ def run_compare(out: Path, seed: int, reuse: bool = False) -> tuple[dict[str, pd
                      strict=False, **COMPARE)
     summary = json.loads((cdir / "summary.json").read_text(encoding="utf-8"))
     summary["bench_seconds"] = time.perf_counter() - t
-    stamp.write_text(json.dumps({"seed": seed, "seconds": summary["bench_seconds"], "analyses": list(ANALYSES)}),
-                     encoding="utf-8")
+    summary["bench_load"] = os.getloadavg()[0]
+    stamp.write_text(json.dumps({"seed": seed, "seconds": summary["bench_seconds"], "load": summary["bench_load"],
+                                 "analyses": list(ANALYSES)}), encoding="utf-8")
     return tables, summary
 
 
@@ -523,8 +526,10 @@ def main(argv: list[str] | None = None) -> None:
             planted = f"{org.kind} {where['layer']}.{where.get('head', where.get('neuron'))}: {org.what}"
             extra = {}
         results.append({"name": org.name, "planted": planted, "scores": scores, "compare_s": summary["bench_seconds"],
+                        "compare_load": summary.get("bench_load"), "reused": summary.get("bench_reused", False),
                         "build_s": info.get("build_seconds"), "failed": failed, **extra})
-        print(f"{org.name}: compare {summary['bench_seconds']:.0f} s", flush=True)
+        again = " (reused; measured when it ran)" if summary.get("bench_reused") else ""
+        print(f"{org.name}: compare {summary['bench_seconds']:.0f} s{again}", flush=True)
     h = headline(results)
     table = render(results)
     goal_line = (f"goal (rank ≤ 3 by ≥ 2 white-box methods): {h['goal']} of {h['N']}; white-box best vs black box "
@@ -534,8 +539,10 @@ def main(argv: list[str] | None = None) -> None:
     section = ["## organisms.py — model-diffing methods on organisms with planted ground truth",
                "",
                f"{datetime.date.today().isoformat()}, {machine()}, {args.threads} torch thread(s) (matmul check: "
-               f"{speed:.0f} GFLOP/s at 1 thread); load average {load_before[0]:.1f} before compares, "
-               f"{load_after[0]:.1f} after (machine shared). `python bench/organisms.py --seed {args.seed}`; train "
+               f"{speed:.0f} GFLOP/s at 1 thread); load average {load_before[0]:.1f} at the start, "
+               f"{load_after[0]:.1f} at the end (machine shared by several sessions)"
+               + ("; compare tables reused from an earlier run (--reuse-compare)" if any(r["reused"] for r in results)
+                  else "") + ". `python bench/organisms.py --seed {args.seed}`; train "
                f"config {json.dumps(TRAIN)}, compare {json.dumps(COMPARE)} (every analysis, default prompts, metric "
                "logit_diff). Cells: 1-based rank of the planted word (promoted list for ↑, suppressed for ↓; adl "
                "and amplification: best layer / α) or of the planted component (|value| descending; DLA "
@@ -545,8 +552,10 @@ def main(argv: list[str] | None = None) -> None:
                "",
                table,
                "",
-               "Build / compare seconds: " + ", ".join(
-                   f"{r['name']} {r['build_s'] or 0:.0f} / {r['compare_s']:.0f}" for r in results) + ".",
+               "Build / compare seconds (1-minute load average during compare): " + ", ".join(
+                   f"{r['name']} {r['build_s'] or 0:.0f} / {r['compare_s']:.0f}"
+                   + (f" ({r['compare_load']:.1f})" if r.get("compare_load") is not None else "")
+                   for r in results) + ".",
                "Training evaluation (held-out prompts, organism reward) before → after: " + ", ".join(
                    f"{r['name']} {r['eval_before'].get('score_mean', float('nan')):+.3f} → "
                    f"{r['eval_after'].get('score_mean', float('nan')):+.3f}"
