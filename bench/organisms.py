@@ -14,10 +14,11 @@ Then `compare` with every analysis, and each method scored by the rank of the pl
 black-box method that sees only samples (compare's own base/tuned samples): every word ranked by the two-proportion
 z statistic of the change in the share of samples containing it.
 
-    python bench/organisms.py [--seed 0] [--rebuild] [--only NAME,...] [--threads 2]
+    python bench/organisms.py [--seed 0] [--rebuild] [--only NAME,...] [--threads 2] [--reuse-compare] [--no-results]
 
-Organisms are cached under runs/organisms/<name>-s<seed>-<config hash>/ (a rerun reuses them; --rebuild retrains).
-compare is rerun each time (the analyses may have changed). Prints the table, appends it to bench/RESULTS.md with
+Organisms are cached under runs/organisms/<name>-s<seed>-<config hash>/ (a rerun reuses them; --rebuild retrains;
+the hash covers the config and the reward's word and size, not the code of organism_rewards.py: --rebuild after
+editing it). compare is rerun each time (the analyses may have changed) unless --reuse-compare. Prints the table, appends it to bench/RESULTS.md with
 the date and machine load, last line `organisms: recovered R of N planted changes at rank 1 (blackbox: B)`.
 """
 
@@ -55,7 +56,6 @@ TRAIN = {"steps": 30, "batch_size": 32, "minibatches": 2, "lr": 2e-4, "eval_samp
 RM_TRAIN = {"pairs": 1200, "epochs": 1, "batch_size": 16, "lr": 1e-4}
 PLANT_HEAD_ALPHA, PLANT_NEURON_ALPHA = 30.0, 10.0
 COMPARE = {"samples_per_prompt": 4, "new_tokens": 32}  # compare's defaults
-WHITE_BOX_TOKEN_METHODS = ("token_shift", "adl", "diff_mining", "amplification", "crosscoder")
 COMPONENT_METHODS = ("dla", "patching", "weight_diff")
 
 
