@@ -18,8 +18,9 @@ z statistic of the change in the share of samples containing it.
 
 Organisms are cached under runs/organisms/<name>-s<seed>-<config hash>/ (a rerun reuses them; --rebuild retrains;
 the hash covers the config and the reward's word and size, not the code of organism_rewards.py: --rebuild after
-editing it). compare is rerun each time (the analyses may have changed) unless --reuse-compare. Prints the table, appends it to bench/RESULTS.md with
-the date and machine load, last line `organisms: recovered R of N planted changes at rank 1 (blackbox: B)`.
+editing it). compare is rerun each time (the analyses may have changed) unless --reuse-compare. Prints the table,
+appends it to bench/RESULTS.md with the date and machine load, last line
+`organisms: recovered R of N planted changes at rank 1 (blackbox: B)`.
 """
 
 from __future__ import annotations
