@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
                f"{speed:.0f} GFLOP/s at 1 thread); load average {load_before[0]:.1f} at the start, "
                f"{load_after[0]:.1f} at the end (machine shared by several sessions)"
                + ("; compare tables reused from an earlier run (--reuse-compare)" if any(r["reused"] for r in results)
-                  else "") + ". `python bench/organisms.py --seed {args.seed}`; train "
+                  else "") + f". `python bench/organisms.py --seed {args.seed} --threads {args.threads}`; train "
                f"config {json.dumps(TRAIN)}, compare {json.dumps(COMPARE)} (every analysis, default prompts, metric "
                "logit_diff). Cells: 1-based rank of the planted word (promoted list for ↑, suppressed for ↓; adl "
                "and amplification: best layer / α) or of the planted component (|value| descending; DLA "
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
                "",
                table,
                "",
-               "Build / compare seconds (1-minute load average during compare): " + ", ".join(
+               "Build / compare seconds (1-minute load average at the end of each compare): " + ", ".join(
                    f"{r['name']} {r['build_s'] or 0:.0f} / {r['compare_s']:.0f}"
                    + (f" ({r['compare_load']:.1f})" if r.get("compare_load") is not None else "")
                    for r in results) + ".",
