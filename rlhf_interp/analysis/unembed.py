@@ -73,6 +73,17 @@ def _readout(pair: ModelPair, W: Tensor) -> Tensor | None:
     return pair.metric.direction(W.T, None)[0]
 
 
+def _singular(W: Tensor, rows: int = 8192) -> tuple[Tensor, Tensor]:
+    """Singular values (descending) and right singular vectors (rows) of a tall (vocab, d) matrix, from its d × d Gram
+    matrix accumulated in float64 over row blocks (no vocab-sized float64 copy, no left vectors)."""
+    G = torch.zeros(W.shape[1], W.shape[1], dtype=torch.float64, device=W.device)
+    for i in range(0, W.shape[0], rows):
+        block = W[i : i + rows].double()
+        G += block.T @ block
+    evals, evecs = torch.linalg.eigh(G)  # ascending
+    return evals.flip(0).clamp_min(0).sqrt(), evecs.flip(1).T
+
+
 def _cos(a: Tensor, b: Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a, b, dim=0).clamp(-1, 1).item()
 
@@ -84,8 +95,8 @@ def unembed_change(pair: ModelPair, top_k: int = 8, top_tokens: int = 20) -> pd.
     rows: list[dict[str, Any]] = []
     db, dt = _readout(pair, Wb), _readout(pair, Wt)
     u = db / db.norm() if db is not None and db.norm() > 0 else None
-    _, sv, vh = torch.linalg.svd(dW.double(), full_matrices=False)
-    sv_b, sv_t = torch.linalg.svdvals(Wb.double()), torch.linalg.svdvals(Wt.double())
+    sv, vh = _singular(dW)
+    sv_b, sv_t = _singular(Wb)[0], _singular(Wt)[0]
     energy = float((sv**2).sum())
     for k in range(min(top_k, len(sv))):
         rows.append({"kind": "singular_value", "rank": k + 1, "value": sv[k].item(),
