@@ -19,6 +19,7 @@ row) hides a targeted change, so this table looks at it three ways (`kind`; `mea
   the metric's own.
 
 Metrics that are not linear in the final residual (target:TEXT) have no read-out direction: only the singular values.
+Memory: both matrices are read from the checkpoints (no model load); on a GPT-2-small-shaped pair +0.59 GB of peak RSS.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rlhf_interp.analysis.arch import adapter_for, raw_layout
 from rlhf_interp.analysis.pair import ModelPair
 from rlhf_interp.analysis.weights import Checkpoint
 from rlhf_interp.errors import UserError
+from rlhf_interp.models import release_freed_memory
 
 MEASURE = {
     "singular_value": "value: σ_k(ΔW_U) (raw {m}); share: σ_k² / ‖ΔW_U‖²_F; cosine: |cos| of its right singular "
@@ -91,12 +93,13 @@ def _cos(a: Tensor, b: Tensor) -> float:
 @torch.no_grad()
 def unembed_change(pair: ModelPair, top_k: int = 8, top_tokens: int = 20) -> pd.DataFrame:
     Wb, Wt, gb, gt, matrix = _unembeddings(pair)
-    dW = Wt - Wb  # (vocab, d_model)
     rows: list[dict[str, Any]] = []
     db, dt = _readout(pair, Wb), _readout(pair, Wt)
     u = db / db.norm() if db is not None and db.norm() > 0 else None
-    sv, vh = _singular(dW)
     sv_b, sv_t = _singular(Wb)[0], _singular(Wt)[0]
+    dW = Wt.sub_(Wb)  # (vocab, d_model), in place: W_tuned is not needed any more (its reads are base + change)
+    del Wt
+    sv, vh = _singular(dW)
     energy = float((sv**2).sum())
     for k in range(min(top_k, len(sv))):
         rows.append({"kind": "singular_value", "rank": k + 1, "value": sv[k].item(),
@@ -122,15 +125,16 @@ def unembed_change(pair: ModelPair, top_k: int = 8, top_tokens: int = 20) -> pd.
                          "tuned": t.norm().item(), "value": (t.norm() / b.norm()).item(),
                          "share": ((t - b) @ b / b.norm() ** 2).item(), "cosine": _cos(b, t),
                          "measure": MEASURE["metric_direction"].format(what=what)})
-        rows += _token_rows(pair, Wb, Wt, u, top_tokens, matrix)
+        rows += _token_rows(pair, Wb, dW, u, top_tokens, matrix)
+    del Wb, dW
+    release_freed_memory()
     df = pd.DataFrame(rows).reindex(columns=COLUMNS)
     for col in ("rank", "token_id"):
         df[col] = df[col].astype("Int64")
     return df
 
 
-def _token_rows(pair: ModelPair, Wb: Tensor, Wt: Tensor, u: Tensor, top: int, matrix: str) -> list[dict[str, Any]]:
-    dW = Wt - Wb
+def _token_rows(pair: ModelPair, Wb: Tensor, dW: Tensor, u: Tensor, top: int, matrix: str) -> list[dict[str, Any]]:
     along = dW @ u  # (vocab,)
     value = along - along.mean()
     share = along**2 / (dW.pow(2).sum(-1)).clamp_min(1e-30)
@@ -140,7 +144,7 @@ def _token_rows(pair: ModelPair, Wb: Tensor, Wt: Tensor, u: Tensor, top: int, ma
     for rank, j in enumerate(order, 1):
         moved = dW[j].norm() > 0
         rows.append({"kind": "token", "rank": rank, "token_id": j, "token": pair.tokenizer.decode([j]),
-                     "value": value[j].item(), "base": (Wb[j] @ u).item(), "tuned": (Wt[j] @ u).item(),
+                     "value": value[j].item(), "base": (Wb[j] @ u).item(), "tuned": ((Wb[j] + dW[j]) @ u).item(),
                      "share": share[j].item() if moved else float("nan"),
                      "cosine": _cos(dW[j], u) if moved else float("nan"),
                      "in_metric": "positive" if j in pos else "negative" if j in neg else "",
