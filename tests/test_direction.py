@@ -58,3 +58,25 @@ def test_patching_along_it_recovers_the_gap_and_random_does_not(planted_pair):
     # below the planted layer there is no difference: no direction, no recovery
     assert df.loc[(0, "full_difference")].recovery == pytest.approx(0.0, abs=1e-5)
     assert math.isnan(df.loc[(0, "fitted_direction")].recovery)
+
+
+def test_findings_name_the_baselines_and_the_readout_change():
+    import pandas as pd
+
+    from rlhf_interp.report.findings import compare_findings
+
+    rows = [{"layer": L, "method": m, "recovery": r, "recovery_sd": sd, "n_draws": n, "cosine_readout": 0.3}
+            for L, m, r, sd, n in [(0, "fitted_direction", 0.01, float("nan"), 0),
+                                   (0, "full_difference", 0.012, float("nan"), 0),
+                                   (0, "random_direction", 0.001, 0.006, 32),
+                                   (1, "fitted_direction", 0.078, float("nan"), 0),
+                                   (1, "full_difference", 0.080, float("nan"), 0),
+                                   (1, "random_direction", -0.001, 0.019, 32)]]
+    ue = pd.DataFrame([{"kind": "metric_direction", "quantity": "readout", "rank": None, "value": 2.22,
+                        "share": 0.158, "cosine": 0.52, "base": 0.088},
+                       {"kind": "singular_value", "quantity": None, "rank": 1, "value": 0.759, "share": 0.47,
+                        "cosine": 0.08, "base": 33.47}])
+    text = " ".join(compare_findings({"direction": pd.DataFrame(rows), "unembed_change": ue}, {}))
+    assert "layer 1, held out) recovers +7.8% of the gap" in text
+    assert "full difference there +8.0%" in text and "-0.1% ± 1.9% (sd over 32 draws)" in text
+    assert "×2.22 with cosine 0.52" in text and "+15.8%" in text and "47% of ‖ΔW_U‖²" in text

@@ -174,7 +174,7 @@ def _readout_and_direction(t: Tables, summary: dict[str, Any]) -> list[str]:
             at = d[d.layer == r.layer].set_index("method")
             rand = at.loc["random_direction"] if "random_direction" in at.index else None
             tail = (f", random directions moved by the same amounts {rand.recovery:+.1%} ± {rand.recovery_sd:.1%} "
-                    f"(sd of {int(rand.n_draws)})" if rand is not None else "")
+                    f"(sd over {int(rand.n_draws)} draws)" if rand is not None else "")
             out.append(f"Patching base along the mean residual change at the metric position (`direction`, layer "
                        f"{int(r.layer)}, held out) recovers {r.recovery:+.1%} of the gap; the full difference there "
                        f"{at.loc['full_difference'].recovery:+.1%}{tail}. Its cosine with the metric read-out is "
