@@ -100,6 +100,13 @@ def _weights(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     return {"weight_diff": weight_diff(pair)}
 
 
+@register("unembed_change")
+def _unembed_change(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.unembed import unembed_change
+
+    return {"unembed_change": unembed_change(pair)}
+
+
 @register("direction")
 def _direction(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     from rlhf_interp.analysis.direction import direction

@@ -59,3 +59,66 @@ def adapter_for(model: Any) -> Arch:
                 pos_embed=getattr(cfg, "positional_embedding_type", "standard") == "standard",
                 post_attn_norm=str(getattr(cfg, "architecture", "")) in POST_ATTN_NORM)
 
+
+
+# --- where each family keeps its parameters in a Hugging Face checkpoint (raw, unprocessed tensors) ---------------
+@dataclass(frozen=True)
+class RawLayout:
+    """Names of one family's checkpoint tensors (`{L}` = layer; module prefixes: `.weight` / `.bias` are appended).
+
+    `qkv`: how queries, keys and values are stored — "split" (separate q/k/v projections, `nn.Linear` (out, in)),
+    "gpt2" (one `Conv1D` (in, out) with columns [q | k | v], heads contiguous in each) or "neox" (one `nn.Linear` whose
+    output rows are [q, k, v] of head 0, then of head 1, ...). `conv1d`: every matrix is stored (in, out) (GPT-2).
+    `norms`: role -> module of each per-layer norm (role names are the table's components). `gain_offset`: the gain a
+    norm applies is offset + weight (Gemma's RMSNorm scales by 1 + w). `unembed` None: the unembedding is the token
+    embedding (tied)."""
+
+    qkv: str
+    attn: tuple[str, ...]  # "split": (q, k, v, o); "gpt2"/"neox": (qkv, o)
+    mlp_in: tuple[str, ...]  # gate and up (gated MLPs) or the one input projection
+    mlp_out: str
+    norms: dict[str, str]
+    final_norm: str
+    embed: str
+    unembed: str | None
+    pos_embed: str | None = None
+    conv1d: bool = False
+    gain_offset: float = 0.0
+
+
+_LLAMA_ATTN = tuple(f"model.layers.{{L}}.self_attn.{p}_proj" for p in "qkvo")
+_LLAMA_MLP = dict(mlp_in=("model.layers.{L}.mlp.gate_proj", "model.layers.{L}.mlp.up_proj"),
+                  mlp_out="model.layers.{L}.mlp.down_proj", final_norm="model.norm", embed="model.embed_tokens",
+                  unembed="lm_head")
+_LLAMA_NORMS = {"norm_attn": "model.layers.{L}.input_layernorm",
+                "norm_mlp": "model.layers.{L}.post_attention_layernorm"}
+RAW_LAYOUTS = {
+    "GPT2LMHeadModel": RawLayout(
+        qkv="gpt2", attn=("transformer.h.{L}.attn.c_attn", "transformer.h.{L}.attn.c_proj"),
+        mlp_in=("transformer.h.{L}.mlp.c_fc",), mlp_out="transformer.h.{L}.mlp.c_proj",
+        norms={"norm_attn": "transformer.h.{L}.ln_1", "norm_mlp": "transformer.h.{L}.ln_2"},
+        final_norm="transformer.ln_f", embed="transformer.wte", unembed="lm_head", pos_embed="transformer.wpe",
+        conv1d=True),
+    "LlamaForCausalLM": RawLayout(qkv="split", attn=_LLAMA_ATTN, norms=_LLAMA_NORMS, **_LLAMA_MLP),
+    "Qwen2ForCausalLM": RawLayout(qkv="split", attn=_LLAMA_ATTN, norms=_LLAMA_NORMS, **_LLAMA_MLP),
+    "GPTNeoXForCausalLM": RawLayout(
+        qkv="neox", attn=("gpt_neox.layers.{L}.attention.query_key_value", "gpt_neox.layers.{L}.attention.dense"),
+        mlp_in=("gpt_neox.layers.{L}.mlp.dense_h_to_4h",), mlp_out="gpt_neox.layers.{L}.mlp.dense_4h_to_h",
+        norms={"norm_attn": "gpt_neox.layers.{L}.input_layernorm",
+               "norm_mlp": "gpt_neox.layers.{L}.post_attention_layernorm"},
+        final_norm="gpt_neox.final_layer_norm", embed="gpt_neox.embed_in", unembed="embed_out"),
+    "Gemma3ForCausalLM": RawLayout(
+        qkv="split", attn=_LLAMA_ATTN, gain_offset=1.0,
+        norms={"norm_attn": "model.layers.{L}.input_layernorm",
+               "norm_attn_out": "model.layers.{L}.post_attention_layernorm",
+               "norm_mlp": "model.layers.{L}.pre_feedforward_layernorm",
+               "norm_mlp_out": "model.layers.{L}.post_feedforward_layernorm",
+               "norm_q": "model.layers.{L}.self_attn.q_norm", "norm_k": "model.layers.{L}.self_attn.k_norm"},
+        **_LLAMA_MLP),
+}
+
+
+def raw_layout(architecture: str) -> RawLayout | None:
+    """The checkpoint layout of a family whose raw tensors the weight analyses map to components (None: unknown,
+    the analyses then compare tensor by tensor)."""
+    return RAW_LAYOUTS.get(architecture)

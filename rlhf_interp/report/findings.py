@@ -25,7 +25,8 @@ def _fmt_cell(r: Any, keys: tuple[str, ...]) -> str:
 
 def compare_findings(t: Tables, summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
-    for part in (_metric, _behaviour, _patching, _dla_and_weights, _diffing, _crosscoder, _trajectory):
+    for part in (_metric, _behaviour, _patching, _dla_and_weights, _readout_and_direction, _diffing, _crosscoder,
+                 _trajectory):
         out += part(t, summary)
     return out
 
@@ -156,6 +157,38 @@ def _dla_and_weights(t: Tables, summary: dict[str, Any]) -> list[str]:
         cells = ", ".join(_fmt_cell(r, ("component", "layer", "head")) + f" ({r.rel_change:.1%})"
                           for _, r in top.iterrows())
         out.append(f"Largest relative weight changes: {cells}.")
+    return out
+
+
+def _readout_and_direction(t: Tables, summary: dict[str, Any]) -> list[str]:
+    """unembed_change (the metric's read-out vector) and direction (the residual change at the metric position)."""
+    out: list[str] = []
+    ue = t.get("unembed_change")
+    if ue is not None and len(ue):
+        md = ue[(ue.kind == "metric_direction") & (ue.quantity == "readout")]
+        sv = ue[(ue.kind == "singular_value") & (ue["rank"] == 1)]
+        if len(md):
+            r = md.iloc[0]
+            out.append(f"The metric's read-out vector in the unembedding (`unembed_change`: mean row of the positive "
+                       f"minus the negative tokens) changed in norm ×{r.value:.2f} with cosine {r.cosine:.2f} between "
+                       f"the models; along the base's direction it grew {r.share:+.1%}.")
+        if len(sv):
+            s = sv.iloc[0]
+            out.append(f"The top singular direction of the unembedding change carries {s.share:.0%} of ‖ΔW_U‖² "
+                       f"(σ₁ = {s.value:.3f} against the base matrix's σ₁ = {s.base:.2f}).")
+    d = t.get("direction")
+    if d is not None and len(d) and "method" in d:
+        fit = d[d.method == "fitted_direction"].dropna(subset=["recovery"])
+        if len(fit):
+            r = fit.loc[fit.recovery.abs().idxmax()]
+            at = d[d.layer == r.layer].set_index("method")
+            rand = at.loc["random_direction"] if "random_direction" in at.index else None
+            tail = (f", random directions moved by the same amounts {rand.recovery:+.1%} ± {rand.recovery_sd:.1%} "
+                    f"(sd over {int(rand.n_draws)} draws)" if rand is not None else "")
+            out.append(f"Patching base along the mean residual change at the metric position (`direction`, layer "
+                       f"{int(r.layer)}, held out) recovers {r.recovery:+.1%} of the gap; the full difference there "
+                       f"{at.loc['full_difference'].recovery:+.1%}{tail}. Its cosine with the metric read-out is "
+                       f"{r.cosine_readout:.2f}.")
     return out
 
 
