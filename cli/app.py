@@ -179,9 +179,11 @@ def _launch_torchrun(nproc: int) -> int:
 
 
 def _analysis_names() -> str:
-    from rlhf_interp.analysis import ANALYSES
+    from rlhf_interp.analysis import ANALYSES, OPT_IN
 
-    return ", ".join(ANALYSES) + "."
+    opt_in = [n for n in ANALYSES if n in OPT_IN]
+    return ", ".join(n for n in ANALYSES if n not in OPT_IN) + "." + (
+        f" Opt-in, only when named (e.g. all,{opt_in[0]}): {', '.join(opt_in)}." if opt_in else "")
 
 
 @app.command()
@@ -205,6 +207,9 @@ def compare(
     trajectory: Annotated[bool, typer.Option("--trajectory", help="BASE is a run directory with snapshots "
                                              "(train --snapshot-every K): also measure base vs every snapshot "
                                              "(trajectory.csv).")] = False,
+    crosscoder: Annotated[str | None, typer.Option(help="Settings of the opt-in crosscoder analysis, KEY=VALUE,...: "
+                                                        "kind=batchtopk|l1, layer, latents, k, l1, steps, batch, lr, "
+                                                        "texts.")] = None,
 ) -> None:
     """Compare BASE and TUNED: behaviour, logits, logit lens, DLA, ablations, patching, attention and weight diffs."""
     import json
@@ -219,7 +224,8 @@ def compare(
     # strict=False: an analysis that fails unexpectedly is recorded and the others still run (--debug: traceback)
     run_compare(base, tuned, prompts=prompts, metric=metric, analyses=analyses, out=out, seed=seed, reward=reward,
                 positive=positive, negative=negative, device=str(resolve_device(device)), strict=_state["debug"],
-                diff_corpus=diff_corpus, trajectory=trajectory)
+                diff_corpus=diff_corpus, trajectory=trajectory,
+                crosscoder=crosscoder)
     summary = json.loads((out / "summary.json").read_text())
     m = summary["metric"]
     typer.echo(f"{m['name']}: base {sig(m['base'], 3)}, tuned {sig(m['tuned'], 3)}, gap {sig(m['gap'], 3)} "

@@ -71,6 +71,7 @@ def compare(
     strict: bool = True,
     diff_corpus: str | Path | None = None,
     trajectory: bool = False,
+    crosscoder: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Everything `rlhf-interp compare` computes: load the pair, run the analyses, return {table name: DataFrame}.
 
@@ -88,13 +89,16 @@ def compare(
         trajectory: `base` is a training run directory with snapshots (`train --snapshot-every K`): also measure the
             base against every snapshot (metric gap, its activation/read-out split, KL, reward, ADL norms, weight
             change) into the `trajectory` table (see `rlhf_interp.analysis.trajectory`).
+        crosscoder: settings of the opt-in `crosscoder` analysis (run it with analyses="all,crosscoder"), e.g.
+            "kind=l1,layer=2,steps=1000" (keys: kind, layer, latents, k, l1, steps, batch, lr, texts, ...).
     """
     from rlhf_interp.analysis import compare as _compare
 
     return _compare(base, tuned, prompts=prompts, metric=metric, analyses=analyses, out=out, seed=seed, reward=reward,
                     report=report, samples_per_prompt=samples_per_prompt, new_tokens=new_tokens, positive=positive,
                     negative=negative, device=device, strict=strict, diff_corpus=diff_corpus,
-                    trajectory=trajectory)
+                    trajectory=trajectory,
+                    crosscoder=crosscoder)
 
 
 def train(

@@ -165,7 +165,7 @@ def test_full_suite_on_a_planted_pair(planted, tmp_path):
                      new_tokens=12)
     expected = {"behaviour", "behaviour_summary", "token_kl", "logit_diff", "token_shift", "logit_lens", "dla_layers",
                 "dla_heads", "dla_neurons", "ablation", "patching_layers", "patching_heads", "patching_head_pos",
-                "attribution_patching", "attention_diff", "weight_diff", "direction"}
+                "attribution_patching", "attention_diff", "weight_diff", "unembed_change", "direction"}
     assert expected <= set(tables)
     for name in expected:
         assert (tmp_path / "tables" / f"{name}.csv").exists(), name
@@ -198,7 +198,10 @@ def test_full_suite_on_a_planted_pair(planted, tmp_path):
     assert (top["layer"], top["head"]) == (3, 0) and top.approx > 0.2  # first-order: under-estimates a big change
     assert attr[attr.kind == "head"].approx.corr(attr[attr.kind == "head"].exact) > 0.8
     direction = tables["direction"]
-    assert direction.cosine_base_tuned.between(-1, 1).all()
+    assert set(direction.method) == {"fitted_direction", "full_difference", "random_direction"}
+    assert direction.cosine_readout.dropna().between(-1, 1).all()
+    rand = direction[direction.method == "random_direction"].dropna(subset=["recovery"])
+    assert len(rand) and (rand.n_draws >= 20).all()  # layers below the planted head: no change, no direction
     assert pd.read_json(tmp_path / "samples.jsonl", lines=True).shape[0] == 2 * 2 * len(PROMPTS)
 
 

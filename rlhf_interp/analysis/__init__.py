@@ -17,11 +17,15 @@ from rlhf_interp.errors import UserError
 
 # name -> (function(pair, ctx) -> {table name: DataFrame}); ordered: later ones may read earlier tables
 ANALYSES: dict[str, Callable[[Any, dict[str, Any]], dict[str, pd.DataFrame]]] = {}
+# opt-in analyses run only when named (`--analyses all,crosscoder`), never as part of 'all'
+OPT_IN: set[str] = set()
 
 
-def register(name: str) -> Callable:
+def register(name: str, opt_in: bool = False) -> Callable:
     def deco(fn: Callable) -> Callable:
         ANALYSES[name] = fn
+        if opt_in:
+            OPT_IN.add(name)
         return fn
 
     return deco
@@ -96,6 +100,13 @@ def _weights(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     return {"weight_diff": weight_diff(pair)}
 
 
+@register("unembed_change")
+def _unembed_change(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.unembed import unembed_change
+
+    return {"unembed_change": unembed_change(pair)}
+
+
 @register("direction")
 def _direction(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     from rlhf_interp.analysis.direction import direction
@@ -124,10 +135,19 @@ def _diff_mining(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
     return {"diff_mining": diff_mining(pair, ctx)}
 
 
+@register("crosscoder", opt_in=True)
+def _crosscoder(pair: Any, ctx: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    from rlhf_interp.analysis.crosscoder import crosscoder
+
+    return crosscoder(pair, ctx)
+
+
 def parse_analyses(spec: str | list[str] | None) -> list[str]:
     if spec is None or spec == "all" or spec == ["all"]:
-        return list(ANALYSES)
+        return [n for n in ANALYSES if n not in OPT_IN]
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if "all" in names:  # 'all,crosscoder': every default analysis plus the opt-in ones named
+        names = [n for n in ANALYSES if n not in OPT_IN] + [n for n in names if n != "all"]
     unknown = [n for n in names if n not in ANALYSES]
     if unknown:
         raise UserError(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)} or all")
@@ -173,6 +193,28 @@ def run_analysis(name: str, pair: Any, ctx: dict[str, Any], strict: bool = True,
     return None
 
 
+def _check_inputs(base: str, tuned: str | None, out: str | Path | None, diff_corpus: str | Path | None,
+                  trajectory: bool, crosscoder: str | None) -> None:
+    """compare's checks that need no model: each raises UserError with one line."""
+    if crosscoder is not None:
+        from rlhf_interp.analysis.crosscoder import parse_config
+
+        parse_config(crosscoder)
+    if diff_corpus is not None and not Path(diff_corpus).is_file():
+        raise UserError(f"--diff-corpus: file not found: {diff_corpus}")
+    if trajectory:
+        from rlhf_interp.analysis.trajectory import run_points
+
+        if tuned is not None:
+            raise UserError("--trajectory reads a run directory's snapshots: pass the run directory alone "
+                            "(compare RUN --trajectory), not BASE TUNED")
+        run_points(base)  # a run without snapshots says how to make them
+    if out is not None:
+        from rlhf_interp.io import ensure_writable_dir
+
+        ensure_writable_dir(out)
+
+
 def compare(
     base: str,
     tuned: str | None = None,
@@ -191,6 +233,7 @@ def compare(
     strict: bool = True,
     diff_corpus: str | Path | None = None,
     trajectory: bool = False,
+    crosscoder: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Load BASE and TUNED (or a run directory's base/ and tuned/), run the analyses, return their tables.
 
@@ -200,36 +243,26 @@ def compare(
     file (one text a line) for the model-diffing analyses (adl, diff_mining); default: unconditional samples of the
     base model. `trajectory`: BASE is a run directory with snapshots; also measure base vs every snapshot
     (`rlhf_interp.analysis.trajectory`) into the `trajectory` table.
+    `crosscoder`: settings of the opt-in crosscoder analysis, "KEY=VALUE,..." (see
+    `rlhf_interp.analysis.crosscoder.CrosscoderConfig`).
     """
     import torch
 
     from rlhf_interp.progress import progress_bar
 
     names = parse_analyses(analyses)
-    if diff_corpus is not None and not Path(diff_corpus).is_file():
-        raise UserError(f"--diff-corpus: file not found: {diff_corpus}")
-    if trajectory:
-        from rlhf_interp.analysis.trajectory import run_points
-        from rlhf_interp.analysis.trajectory import trajectory as run_trajectory
-
-        if tuned is not None:
-            raise UserError("--trajectory reads a run directory's snapshots: pass the run directory alone "
-                            "(compare RUN --trajectory), not BASE TUNED")
-        run_points(base)  # fails before any model loads: a run without snapshots says how to make them
-    if out is not None:
-        from rlhf_interp.io import ensure_writable_dir
-
-        ensure_writable_dir(out)
+    _check_inputs(base, tuned, out, diff_corpus, trajectory, crosscoder)  # bad input fails before the models load
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     pair = open_pair(base, tuned, prompts, metric, positive, negative, device)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     ctx: dict[str, Any] = {"seed": seed, "reward": reward, "samples_per_prompt": samples_per_prompt,
                            "new_tokens": new_tokens, "tables": {},
-                           "diff_corpus": diff_corpus}
+                           "diff_corpus": diff_corpus, "crosscoder": crosscoder}
     failed: dict[str, str] = {}
     with progress_bar() as bar:
         task = bar.add_task("compare", total=len(names), info="")
+        ctx["say"] = (lambda text: None) if bar.disable else bar.console.print  # a line above the bar
         for name in names:
             bar.update(task, info=name)
             t = time.perf_counter()
@@ -240,6 +273,8 @@ def compare(
             bar.advance(task)
     if trajectory:
         t = time.perf_counter()
+        from rlhf_interp.analysis.trajectory import trajectory as run_trajectory
+
         error = run_analysis("trajectory", pair, ctx, strict, fn=lambda p, c: run_trajectory(p, c, base))
         if error is not None:
             failed["trajectory"] = error

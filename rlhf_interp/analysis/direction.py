@@ -1,87 +1,171 @@
-"""`direction`: a sentiment direction per layer in each model — the difference of mean residuals (resid_post, last
-token) between positive and negative review sentences (from the project's grammar, labelled by VADER) — the cosine
-between the base and tuned directions, and the effect of patching only the component along the base direction:
+"""`direction`: the direction in which RLHF moved the residual stream where the metric is read, and how much of the
+metric gap it carries, beside two baselines in the same table.
 
-    x_base + ((x_tuned - x_base) · u) u   at resid_post[layer], last position, u = unit base direction
+Per layer L, at resid_post[L] and the position(s) the metric reads (the last prompt token; target:TEXT: the last
+len(TEXT) positions; logprob_diff: the last prompt token, in every word's row, the metric read from the patched
+forward over the prompt + word rows), on every prompt:
 
-reported as the fraction of the base→tuned metric gap it recovers.
+- fitted direction u: the unit mean of the activation difference x_tuned − x_base over the prompts. Its recovery is
+  *held out*: the prompts are split in two seeded folds and each prompt is patched with the u fitted on the other
+  fold (with fewer than 4 prompts: in-sample, `held_out` False). `cosine_readout` is the cosine of u (fitted on all
+  prompts) with the base model's metric read-out direction in the residual stream (the metric's unembedding
+  direction, final-norm gain folded in; NaN for a non-linear metric); `share_along` the fraction of Σ‖x_t − x_b‖²
+  (over prompts and positions) that lies along the held-out u; `patch_norm` the mean |(x_t − x_b)·u|.
+- the baselines: `full_difference` (x_base → x_tuned at those positions: the most any patch there can do) and
+  `random_direction`: each prompt moved by the same signed amount as along u, (x_t − x_b)·u, but along a random unit
+  direction (`n_draws` seeded draws; centred where the model's norm centres): `recovery` is the mean over draws,
+  `recovery_sd` their standard deviation. A direction that matters recovers far more than the random ones.
+
+Patching runs base with the change added at those positions (tuned_to_base); `recovery` is the normalised fraction
+of the gap, (metric_patched − metric_base) / (metric_tuned − metric_base), over all prompts.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
+from rlhf_interp.analysis.arch import adapter_for
 from rlhf_interp.analysis.pair import ModelPair
-from rlhf_interp.sampling import prompt_token_ids
+from rlhf_interp.analysis.patching import MAX_ROWS, metric_positions, rows_per_prompt, run_cache
+from rlhf_interp.analysis.resid import unembed_direction
+
+N_RANDOM = 32
+RESID = "blocks.{L}.hook_resid_post"
 
 
-def labelled_sentences(n_per_class: int = 48, seed: int = 0) -> tuple[list[str], list[str]]:
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+def _span(pair: ModelPair, tokens: Tensor, k: int) -> slice:
+    """The k positions read (the last k; logprob_diff: the last prompt position, where its rows, one per word, still
+    agree, and where its first token is read)."""
+    end = pair.metric.prompt_length(tokens) if rows_per_prompt(pair.metric) > 1 else tokens.shape[1]
+    return slice(end - k, end)
 
-    from rlhf_interp.embedded.corpus import generate_reviews
 
-    analyzer = SentimentIntensityAnalyzer()
-    pos: list[str] = []
-    neg: list[str] = []
-    for review in generate_reviews(20 * n_per_class, seed=seed + 777):
-        first = review.split(". ")[0].rstrip(".!") + "."
-        score = analyzer.polarity_scores(first)["compound"]
-        if score > 0.5 and len(pos) < n_per_class:
-            pos.append(first)
-        elif score < -0.5 and len(neg) < n_per_class:
-            neg.append(first)
-    return pos, neg
+def _differences(pair: ModelPair, k: int) -> list[Tensor]:
+    """Per prompt group: x_tuned − x_base at resid_post of every layer, last k positions: (layer, batch, k, d)."""
+    names = [RESID.format(L=L) for L in range(pair.n_layers)]
+    out = []
+    for _, tokens in pair.groups:
+        cb, ct = run_cache(pair.base, tokens, names), run_cache(pair.tuned, tokens, names)
+        at, rows = _span(pair, tokens, k), rows_per_prompt(pair.metric)  # one row per prompt
+        out.append(torch.stack([ct[n][::rows, at] - cb[n][::rows, at] for n in names]).float())
+    return out
+
+
+def _unit(v: Tensor) -> Tensor:
+    n = v.norm()
+    return v / n if n > 1e-8 else torch.full_like(v, float("nan"))
+
+
+def fit_directions(diffs: list[Tensor], prompts: list[Tensor] | None = None) -> Tensor:
+    """Unit mean difference per layer, (layer, d): over all prompts, or over the prompts `prompts` marks per group
+    (boolean masks over each group's batch); NaN where the mean difference is ~0."""
+    total, count = 0.0, 0
+    for g, d in enumerate(diffs):
+        keep = d if prompts is None else d[:, prompts[g]]
+        total = total + keep.sum(dim=(1, 2))
+        count += keep.shape[1] * keep.shape[2]
+    mean = total / max(count, 1)
+    return torch.stack([_unit(m) for m in mean])
 
 
 @torch.no_grad()
-def _mean_resid(model: Any, tokenizer: Any, texts: list[str], n_layers: int) -> Tensor:
-    """Mean resid_post at the last token over `texts`: (layer, d_model)."""
-    names = [f"blocks.{L}.hook_resid_post" for L in range(n_layers)]
-    groups: dict[int, list[list[int]]] = defaultdict(list)
-    for t in texts:
-        ids = prompt_token_ids(tokenizer, t)
-        groups[len(ids)].append(ids)
-    total = 0
-    for seqs in groups.values():
-        tokens = torch.tensor(seqs, device=model.W_U.device)
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-        total = total + torch.stack([cache[n][:, -1].sum(0) for n in names])
-    return total / len(texts)
+def _patched_metric(pair: ModelPair, layer: int, deltas: list[Tensor], chunk: int) -> Tensor:
+    """Mean metric over all prompts with deltas[g][c] (batch, k, d) added at resid_post[layer], last k positions, of
+    group g, for every copy c: (copies,). `chunk` copies of a group share one forward."""
+    name = RESID.format(L=layer)
+    copies = deltas[0].shape[0]
+    total = torch.zeros(copies)
+    for (idx, tokens), delta in zip(pair.groups, deltas, strict=True):
+        k, at = delta.shape[2], _span(pair, tokens, delta.shape[2])
+        step = max(1, min(chunk, MAX_ROWS // tokens.shape[0]))  # logprob_diff: n · W rows per copy
+        for s in range(0, copies, step):
+            part = delta[s : s + step]  # (c, batch, k, d)
+            flat = part.reshape(-1, k, part.shape[-1]).repeat_interleave(rows_per_prompt(pair.metric), 0)
+
+            def add(act: Tensor, hook: Any = None, flat: Tensor = flat, at: slice = at) -> Tensor:
+                act[:, at] = act[:, at] + flat.to(act.dtype)
+                return act
+
+            logits = pair.base.run_with_hooks(tokens.repeat(part.shape[0], 1), fwd_hooks=[(name, add)])
+            total[s : s + part.shape[0]] += pair.metric(logits).float().view(part.shape[0], len(idx)).sum(1).cpu()
+    return total / len(pair.prompts)
+
+
+def _folds(pair: ModelPair, gen: torch.Generator) -> tuple[list[list[Tensor]], bool]:
+    """Per fold, per group: boolean mask of the prompts *in* that fold (two seeded folds, or one with < 4 prompts)."""
+    n = len(pair.prompts)
+    if n < 4:
+        return [[torch.ones(len(idx), dtype=torch.bool) for idx, _ in pair.groups]], False
+    fold_of = torch.zeros(n, dtype=torch.long)
+    fold_of[torch.randperm(n, generator=gen)[: n // 2]] = 1
+    return [[fold_of[idx] == f for idx, _ in pair.groups] for f in (0, 1)], True
 
 
 @torch.no_grad()
-def direction(pair: ModelPair, seed: int = 0) -> pd.DataFrame:
-    pos, neg = labelled_sentences(seed=seed)
-    n_layers = pair.n_layers
-    dirs = {m: _mean_resid(pair.model(m), pair.tokenizer, pos, n_layers)
-            - _mean_resid(pair.model(m), pair.tokenizer, neg, n_layers) for m in ("base", "tuned")}
-    _, tokens = pair.main_group
-    last = pair.metric.prompt_length(tokens) - 1  # the last prompt position (logprob_diff appends words after it)
-    names = [f"blocks.{L}.hook_resid_post" for L in range(n_layers)]
-    _, tuned_cache = pair.tuned.run_with_cache(tokens, names_filter=lambda n: n in names)
-    _, base_cache = pair.base.run_with_cache(tokens, names_filter=lambda n: n in names)
-    base_metric = pair.metric(pair.base(tokens)).mean().item()
-    gap = pair.metric(pair.tuned(tokens)).mean().item() - base_metric
-    rows = []
-    for L in range(n_layers):
-        u = dirs["base"][L] / dirs["base"][L].norm()
-        name = names[L]
-        diff = tuned_cache[name][:, last] - base_cache[name][:, last]  # (batch, d_model)
+def direction(pair: ModelPair, seed: int = 0, n_random: int = N_RANDOM, chunk: int = 34) -> pd.DataFrame:
+    """The table described in the module docstring: per layer, fitted_direction / full_difference / random_direction.
+    `chunk`: patched copies of the prompts per forward."""
+    k = 1 if rows_per_prompt(pair.metric) > 1 else metric_positions(pair.metric)
+    arch = adapter_for(pair.base)
+    gen = torch.Generator().manual_seed(seed)
+    diffs = _differences(pair, k)
+    folds, held_out = _folds(pair, gen)
+    u_all = fit_directions(diffs)
+    # per fold: the direction fitted on the *other* fold's prompts (the same one when there is a single fold)
+    u_fold = [fit_directions(diffs, folds[1 - f] if held_out else folds[f]) for f in range(len(folds))]
+    readout = unembed_direction(pair.base, pair.metric)[0].float() if pair.metric.linear else None
+    base_m = sum(pair.metric(pair.base(t)).float().sum().item() for _, t in pair.groups) / len(pair.prompts)
+    tuned_m = sum(pair.metric(pair.tuned(t)).float().sum().item() for _, t in pair.groups) / len(pair.prompts)
+    gap = tuned_m - base_m
 
-        def hook(act: Tensor, hook: Any = None, diff: Tensor = diff, u: Tensor = u) -> Tensor:
-            act[:, last] = act[:, last] + (diff @ u).unsqueeze(-1) * u
-            return act
+    def recovery(m: Tensor) -> Tensor:
+        return (m - base_m) / gap if abs(gap) > 1e-9 else torch.full_like(m, float("nan"))
 
-        patched = pair.metric(pair.base.run_with_hooks(tokens, fwd_hooks=[(name, hook)])).mean().item()
-        cos = torch.nn.functional.cosine_similarity(dirs["base"][L], dirs["tuned"][L], dim=0).clamp(-1, 1).item()
-        rows.append({"layer": L, "cosine_base_tuned": cos, "norm_base": dirs["base"][L].norm().item(),
-                     "norm_tuned": dirs["tuned"][L].norm().item(),
-                     "projection_shift": (diff @ u).mean().item(),
-                     "patch_along_direction_effect": (patched - base_metric) / gap if abs(gap) > 1e-9 else float("nan"),
-                     "n_positive": len(pos), "n_negative": len(neg)})
-    return pd.DataFrame(rows)
+    rows: list[dict[str, Any]] = []
+    d_model = diffs[0].shape[-1]
+    nan = float("nan")
+    for L in range(pair.n_layers):
+        common = {"layer": L, "positions": k, "n_prompts": len(pair.prompts), "held_out": held_out}
+        full = [d[L] for d in diffs]  # (batch, k, d) per group
+        diff_norm = torch.cat([f.norm(dim=-1).flatten() for f in full]).mean().item()
+        if u_all[L].isnan().any():  # no mean change at this layer: no direction to fit
+            rec = recovery(_patched_metric(pair, L, [f.unsqueeze(0) for f in full], chunk))
+            rows.append({**common, "method": "full_difference", "recovery": rec.item(), "recovery_sd": nan,
+                         "n_draws": 0, "cosine_readout": nan, "share_along": 1.0, "patch_norm": diff_norm,
+                         "diff_norm": diff_norm})
+            for method in ("fitted_direction", "random_direction"):
+                rows.append({**common, "method": method, "recovery": nan, "recovery_sd": nan, "n_draws": 0,
+                             "cosine_readout": nan, "share_along": nan, "patch_norm": 0.0, "diff_norm": diff_norm})
+            continue
+        # per group: each prompt's held-out direction (batch, d) and its coefficient (x_t − x_b)·u (batch, k)
+        u_rows = [torch.stack([u_fold[next(f for f in range(len(folds)) if folds[f][g][i])][L]
+                               for i in range(full[g].shape[0])]) for g in range(len(full))]
+        coef = [torch.einsum("bkd,bd->bk", f, u) for f, u in zip(full, u_rows, strict=True)]
+        r = torch.randn(n_random, d_model, generator=gen)
+        if arch.centres:  # the residual of a centring model has no component along the all-ones direction
+            r = r - r.mean(-1, keepdim=True)
+        r = (r / r.norm(dim=-1, keepdim=True)).to(full[0].device)
+        # copies: 0 = full difference, 1 = along u, 2.. = the same amounts along random directions
+        deltas = [torch.cat([f.unsqueeze(0), (c.unsqueeze(-1) * u.unsqueeze(1)).unsqueeze(0),
+                             c[None, :, :, None] * r[:, None, None, :]])
+                  for f, c, u in zip(full, coef, u_rows, strict=True)]
+        rec = recovery(_patched_metric(pair, L, deltas, chunk))
+        cos_ro = (torch.nn.functional.cosine_similarity(u_all[L], readout.to(u_all), dim=0).item()
+                  if readout is not None else nan)
+        share = (torch.cat([c.flatten() ** 2 for c in coef]).sum()
+                 / torch.cat([f.pow(2).sum(-1).flatten() for f in full]).sum()).item()
+        patch_norm = torch.cat([c.abs().flatten() for c in coef]).mean().item()
+        rows += [{**common, "method": "fitted_direction", "recovery": rec[1].item(), "recovery_sd": nan, "n_draws": 0,
+                  "cosine_readout": cos_ro, "share_along": share, "patch_norm": patch_norm, "diff_norm": diff_norm},
+                 {**common, "method": "full_difference", "recovery": rec[0].item(), "recovery_sd": nan, "n_draws": 0,
+                  "cosine_readout": cos_ro, "share_along": 1.0, "patch_norm": diff_norm, "diff_norm": diff_norm},
+                 {**common, "method": "random_direction", "recovery": rec[2:].mean().item(),
+                  "recovery_sd": rec[2:].std().item(), "n_draws": n_random, "cosine_readout": nan,
+                  "share_along": nan, "patch_norm": patch_norm, "diff_norm": diff_norm}]
+    cols = ["layer", "method", "recovery", "recovery_sd", "n_draws", "cosine_readout", "share_along", "patch_norm",
+            "diff_norm", "positions", "n_prompts", "held_out"]
+    return pd.DataFrame(rows)[cols]

@@ -2,20 +2,34 @@
 
 `transformer_lens.patching` runs one full forward per cell through the bridge's hooks. A sweep does not need that:
 a cell changes the residual stream from one (layer, stage, position) on, and everything before is the clean run.
-`FusedGPT2` reads the bridge's own weights (views of its parameters, no copies) and runs
+`FusedForward` reads the bridge's own weights (views of its parameters, no copies) and runs
 
     clean(tokens)                  every layer's resid_pre / resid_mid, z, keys and values, once
     run(layer, stage, x, start)    blocks from `layer` on, for positions start.. only: the keys and values of the
                                    positions before `start` are unchanged, so they come from the clean run;
                                    the last block's attention queries and MLP run only at the positions read out
-                                   (and, from position 0, without forming its keys and values at all);
+                                   (and, from position 0 with learned positions, without forming its keys and values);
                                    the readout unembeds only the vocabulary columns the metric reads
 
-GPT-2 family only (learned absolute positions added before the first block, LayerNorm, no parallel attention/MLP);
-`from_bridge` returns None for anything else. `engine_for` verifies an engine once per model and state of its weights:
-the clean run's logits against the bridge's own forward on the same tokens (callers fall back to hooked full forwards
-where it returns None). Any in-place change of a parameter bumps its version and triggers a new check.
-Shapes: batch b, positions p, heads h, d_head e, d_model d.
+What it covers is read from the architecture adapter (analysis/arch.py), never from a model name: pre-norm blocks,
+attention then MLP, with
+- LayerNorm (GPT-2) or RMSNorm (Llama, Qwen2: x / √(mean x² + ε), no centring). In compatibility mode the bridge folds
+  every norm's gain (and LayerNorm's bias) into the weights that read it and leaves the gain at 1; the engine applies
+  whatever gain the norm module still holds (none where it is exactly 1);
+- learned absolute positions added to the embedding (GPT-2), or rotary positions (full width, rotate-half layout):
+  cos/sin come from the bridge's own rotary module, once per prompt length, and a run starting at position `start`
+  rotates its queries and new keys with the rows start.., so cached clean keys (stored rotated) stay valid;
+- grouped-query attention: keys and values have n_kv_heads heads, query head h reads key/value head
+  h // (n_heads / n_kv_heads) (as `repeat_kv` does); z stays per query head;
+- an MLP act(x W_in) W_out, or gated act(x W_gate) · (x W_in) W_out (SwiGLU: silu);
+- q/k/v/o and MLP biases where the model has them (Qwen2's q/k/v biases), none where it has not;
+- the unembedding W_U (tied or untied: the bridge exposes the folded read-out either way) and b_U where nonzero.
+`from_bridge` returns None where the adapter lists anything beyond that (`Arch.extras`: parallel attention and MLP,
+post-attention norms, soft-caps, sliding windows, partial rotary, ...); those models use hooked forwards.
+`engine_for` verifies an engine once per model and state of its weights: the clean run's logits against the bridge's
+own forward on the same tokens (callers fall back to hooked full forwards, with a warning, where it fails). Any
+in-place change of a parameter bumps its version and triggers a rebuild and a new check.
+Shapes: batch b, positions p, heads h (key/value heads g), d_head e, d_model d.
 """
 
 from __future__ import annotations
@@ -29,6 +43,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from rlhf_interp.analysis.arch import adapter_for
+from rlhf_interp.errors import UserError
 
 SQRT_8_OVER_PI = math.sqrt(8 / math.pi)
 
@@ -51,97 +68,149 @@ class Clean:
     resid_pre: list[Tensor]  # (b, p, d); resid_pre[n_layers] is the final residual (before ln_final)
     resid_mid: list[Tensor]  # (b, p, d)
     z: list[Tensor]  # (b, p, h, e)
-    k: list[Tensor]  # (b, p, h, e)
-    v: list[Tensor]
+    k: list[Tensor]  # (b, p, g, e), rotated where positions are rotary
+    v: list[Tensor]  # (b, p, g, e)
     logits: Tensor  # (b, p, vocab) when asked for (verification against the bridge), else empty
 
 
 @dataclass
-class _Layer:  # weights as (out, in) views for F.linear
+class _Layer:  # weights as (out, in) views for F.linear; None where the model has no such bias
     ln1: tuple[Tensor | None, Tensor | None]
-    W_qkv: tuple[Tensor, Tensor, Tensor]  # (h e, d) each
-    b_qkv: tuple[Tensor, Tensor, Tensor]  # (h e,) each
+    W_qkv: tuple[Tensor, Tensor, Tensor]  # (h e, d), (g e, d), (g e, d)
+    b_qkv: tuple[Tensor | None, Tensor | None, Tensor | None]  # (h e,), (g e,), (g e,)
     W_O: Tensor  # (d, h e)
-    b_O: Tensor
+    b_O: Tensor | None
     ln2: tuple[Tensor | None, Tensor | None]
-    W_in: Tensor  # (d_mlp, d)
-    b_in: Tensor
+    W_in: Tensor  # (d_mlp, d); the "up" projection of a gated MLP
+    b_in: Tensor | None
+    W_gate: Tensor | None  # (d_mlp, d) for a gated MLP
+    b_gate: Tensor | None
     W_out: Tensor  # (d, d_mlp)
-    b_out: Tensor
+    b_out: Tensor | None
 
 
-def _ln_params(module: Any) -> tuple[Tensor | None, Tensor | None]:
-    """The (folded) LayerNorm gain and bias, None where the module has none."""
+def _ln_params(module: Any, centres: bool) -> tuple[Tensor | None, Tensor | None]:
+    """The norm's (folded) gain and bias, None where the module has none; an RMSNorm gain of exactly 1 (what folding
+    leaves) is dropped, so is any bias of an RMSNorm (the bridge applies none)."""
     inner = getattr(module, "original_component", None) or module
-    return getattr(inner, "weight", None), getattr(inner, "bias", None)
+    w, b = getattr(inner, "weight", None), getattr(inner, "bias", None) if centres else None
+    if w is not None and not centres and bool((w == 1).all()):
+        w = None
+    return w, b
 
 
-class FusedGPT2:
+def _flat(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.reshape(-1)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding, rotate-half layout (as transformers' `apply_rotary_pos_emb`): x (b, n, heads, e), cos and sin
+    (n, e) for the positions of x."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+class FusedForward:
     def __init__(self, model: Any) -> None:
         cfg = model.cfg
+        arch = adapter_for(model)
         self.n_layers, self.n_heads, self.d_head = int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head)
+        self.n_kv_heads = arch.n_kv_heads
+        self.centres = arch.centres
         self.eps = float(cfg.eps)
         self.act = ACTIVATIONS[cfg.act_fn]
         divisor = math.sqrt(self.d_head) if cfg.attn_scale in (None, -1, -1.0) else float(cfg.attn_scale)
         self.scale = 1.0 / divisor if getattr(cfg, "use_attn_scale", True) else 1.0
-        self.W_E, self.W_pos = model.W_E, model.W_pos
-        self.W_U, self.b_U = model.W_U, getattr(model, "b_U", None)
-        self.ln_final = _ln_params(model.ln_final)
+        self.W_E = model.W_E
+        self.W_pos = model.W_pos if arch.pos_embed else None
+        self.rotary = None if arch.pos_embed else model.rotary_emb
+        self._cos_sin: dict[int, tuple[Tensor, Tensor]] = {}
+        self.keyless = self.rotary is None and self.n_kv_heads == self.n_heads  # see `_attention_readout`
+        if self.rotary is not None and self.rotary_table(1)[0].shape[-1] != self.d_head:
+            raise TypeError("rotary embedding narrower than the head")  # partial rotary: not covered
+        self.W_U = model.W_U
+        b_U = getattr(model, "b_U", None)
+        self.b_U = None if b_U is None or not bool(b_U.any()) else b_U
+        self.ln_final = _ln_params(model.ln_final, self.centres)
         self.layers = []
         for block in model.blocks:
             a, m = block.attn, block.mlp
             W_qkv = tuple(w.permute(1, 0, 2).reshape(w.shape[1], -1).T for w in (a.W_Q, a.W_K, a.W_V))
+            gate = getattr(m, "W_gate", None) if arch.gated_mlp else None
             self.layers.append(_Layer(
-                ln1=_ln_params(block.ln1), W_qkv=W_qkv, b_qkv=tuple(b.reshape(-1) for b in (a.b_Q, a.b_K, a.b_V)),
-                W_O=a.W_O.reshape(-1, a.W_O.shape[-1]).T, b_O=a.b_O, ln2=_ln_params(block.ln2),
-                W_in=m.W_in.T, b_in=m.b_in, W_out=m.W_out.T, b_out=m.b_out))
+                ln1=_ln_params(block.ln1, self.centres), W_qkv=W_qkv,
+                b_qkv=tuple(_flat(getattr(a, k, None)) for k in ("b_Q", "b_K", "b_V")),
+                W_O=a.W_O.reshape(-1, a.W_O.shape[-1]).T, b_O=getattr(a, "b_O", None),
+                ln2=_ln_params(block.ln2, self.centres),
+                W_in=m.W_in.T, b_in=getattr(m, "b_in", None),
+                W_gate=None if gate is None else gate.T,
+                b_gate=None if gate is None else getattr(m, "b_gate", None),
+                W_out=m.W_out.T, b_out=getattr(m, "b_out", None)))
+            if arch.gated_mlp and gate is None:
+                raise TypeError("gated MLP without W_gate")
 
     @classmethod
-    def from_bridge(cls, model: Any) -> FusedGPT2 | None:
-        """The fused forward of a GPT-2-family bridge, or None where its architecture is not covered."""
+    def from_bridge(cls, model: Any) -> FusedForward | None:
+        """The fused forward of a bridge, or None where its architecture is not covered (see the module docstring)."""
         cfg = getattr(model, "cfg", None)
         if cfg is None or not hasattr(model, "blocks"):
             return None
-        covered = (getattr(cfg, "positional_embedding_type", None) == "standard"
-                   and getattr(cfg, "normalization_type", None) in ("LN", "LNPre")
-                   and getattr(cfg, "act_fn", None) in ACTIVATIONS
-                   and not any(getattr(cfg, k, False) for k in ("parallel_attn_mlp", "gated_mlp", "attn_only",
-                                                                  "use_local_attn", "scale_attn_by_inverse_layer_idx",
-                                                                  "final_rms"))
-                   and getattr(cfg, "n_key_value_heads", None) in (None, cfg.n_heads))
-        if not covered:
+        try:
+            arch = adapter_for(model)
+        except UserError:
+            return None
+        if arch.extras or getattr(cfg, "act_fn", None) not in ACTIVATIONS or arch.n_heads % arch.n_kv_heads:
             return None
         try:
             return cls(model)
-        except (AttributeError, KeyError, RuntimeError, TypeError):  # a bridge laid out differently
+        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError):  # a bridge laid out differently
             return None
 
     # -- pieces --------------------------------------------------------------------------------------------------
     def _ln(self, x: Tensor, params: tuple[Tensor | None, Tensor | None]) -> Tensor:
-        return F.layer_norm(x, x.shape[-1:], params[0], params[1], self.eps)
+        if self.centres:
+            return F.layer_norm(x, x.shape[-1:], params[0], params[1], self.eps)
+        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out if params[0] is None else out * params[0]
+
+    def rotary_table(self, n: int) -> tuple[Tensor, Tensor]:
+        """cos and sin (n, e) of positions 0..n-1, from the bridge's rotary module (its scaling included)."""
+        if n not in self._cos_sin:
+            probe = self.W_E[:1, : self.d_head][None].expand(1, n, self.d_head)  # dtype and device only
+            cos, sin = self.rotary(probe, torch.arange(n, device=probe.device)[None])
+            self._cos_sin[n] = (cos[0].to(probe.dtype), sin[0].to(probe.dtype))
+        return self._cos_sin[n]
 
     def _attention(self, layer: _Layer, x: Tensor, start: int, past: tuple[Tensor, Tensor] | None, n_query: int
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Attention output (b, n_query, d) for the last `n_query` of the positions start.. in `x` (b, n, d), keys and
-        values of positions < start taken from `past` ((b, start, h, e) each); also z, k, v of the new positions."""
+        values of positions < start taken from `past` ((b, start, g, e) each); also z (b, n_query, h, e) and the new
+        positions' k, v (b, n, g, e), k rotated."""
         b, n, _ = x.shape
         h = self._ln(x, layer.ln1)
-        q, k, v = (F.linear(h, w, bias).view(b, n, self.n_heads, self.d_head)  # (b, n, h, e)
-                   for w, bias in zip(layer.W_qkv, layer.b_qkv, strict=True))
+        q = F.linear(h[:, n - n_query:], layer.W_qkv[0], layer.b_qkv[0]).view(b, n_query, self.n_heads, self.d_head)
+        k, v = (F.linear(h, w, bias).view(b, n, self.n_kv_heads, self.d_head)
+                for w, bias in zip(layer.W_qkv[1:], layer.b_qkv[1:], strict=True))
+        if self.rotary is not None:  # rows of the table at the positions of the new keys and of the queries
+            cos, sin = self.rotary_table(start + n)
+            k = _rotate(k, cos[start:], sin[start:])
+            q = _rotate(q, cos[start + n - n_query:], sin[start + n - n_query:])
         k_all = k if past is None else torch.cat([past[0], k], 1)
         v_all = v if past is None else torch.cat([past[1], v], 1)
-        q = q[:, n - n_query:]
         q_pos = torch.arange(start + n - n_query, start + n, device=x.device)
         allowed = torch.arange(start + n, device=x.device)[None, :] <= q_pos[:, None]  # causal: (n_query, start + n)
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2),
-                                           attn_mask=allowed, scale=self.scale).transpose(1, 2)  # (b, n_query, h, e)
+                                           attn_mask=allowed, scale=self.scale,
+                                           enable_gqa=self.n_kv_heads != self.n_heads).transpose(1, 2)
         return F.linear(z.reshape(b, n_query, -1), layer.W_O, layer.b_O), z, k, v
 
     def _attention_readout(self, layer: _Layer, x: Tensor, n_query: int) -> Tensor:
         """`_attention` for the last block when only the last `n_query` positions are read and no position is cached:
         keys and values are never formed. With h = ln1(x): q·k_j = (q W_K)·h_j + q·b_K (the last term is the same for
         every j, so softmax drops it), and Σ_j p_j v_j = (Σ_j p_j h_j) W_V + b_V. Per row that is O(n_query · d_model)
-        per head instead of O(n · d_model · d_head)."""
+        per head instead of O(n · d_model · d_head). Learned positions and one key/value head per query head only:
+        a rotary key depends on its position."""
         b, n, d = x.shape
         h = self._ln(x, layer.ln1)
         W_K, W_V = (w.reshape(self.n_heads, self.d_head, d) for w in layer.W_qkv[1:])  # (h, e, d) each
@@ -151,11 +220,18 @@ class FusedGPT2:
         allowed = torch.arange(n, device=x.device)[None, :] <= torch.arange(n - n_query, n, device=x.device)[:, None]
         pattern = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
         mixed = torch.einsum("bhqk,bkd->bqhd", pattern, h)  # (b, n_query, h, d)
-        z = torch.einsum("bqhd,hed->bqhe", mixed, W_V) + layer.b_qkv[2].view(self.n_heads, self.d_head)
+        z = torch.einsum("bqhd,hed->bqhe", mixed, W_V)
+        if layer.b_qkv[2] is not None:
+            z = z + layer.b_qkv[2].view(self.n_heads, self.d_head)
         return F.linear(z.reshape(b, n_query, -1), layer.W_O, layer.b_O)
 
     def _mlp(self, layer: _Layer, x: Tensor) -> Tensor:
-        return F.linear(self.act(F.linear(self._ln(x, layer.ln2), layer.W_in, layer.b_in)), layer.W_out, layer.b_out)
+        h = self._ln(x, layer.ln2)
+        hidden = self.act(F.linear(h, layer.W_gate if layer.W_gate is not None else layer.W_in,
+                                   layer.b_gate if layer.W_gate is not None else layer.b_in))
+        if layer.W_gate is not None:  # gated: act(x W_gate) · (x W_in)
+            hidden = hidden.mul_(F.linear(h, layer.W_in, layer.b_in))
+        return F.linear(hidden, layer.W_out, layer.b_out)
 
     def unembed(self, x: Tensor, columns: list[int] | None = None) -> Tensor:
         """ln_final then the unembedding, restricted to the vocabulary `columns` when given."""
@@ -169,7 +245,7 @@ class FusedGPT2:
     def clean(self, tokens: Tensor, logits: bool = False) -> Clean:
         """The unpatched run, every layer's streams kept; with `logits`, the full logits too (for `verify`)."""
         n = tokens.shape[1]
-        x = self.W_E[tokens] + self.W_pos[:n]
+        x = self.W_E[tokens] if self.W_pos is None else self.W_E[tokens] + self.W_pos[:n]
         c = Clean(tokens, [], [], [], [], [], logits=torch.empty(0))
         for layer in self.layers:
             c.resid_pre.append(x)
@@ -195,7 +271,7 @@ class FusedGPT2:
             w = self.layers[i]
             last = i == self.n_layers - 1
             n_query = min(keep, x.shape[1]) if last else x.shape[1]  # the last block: only positions read out
-            if (i > layer or stage == "pre") and last and start == 0 and n_query < x.shape[1]:
+            if (i > layer or stage == "pre") and last and start == 0 and n_query < x.shape[1] and self.keyless:
                 x = x[:, x.shape[1] - n_query:] + self._attention_readout(w, x, n_query)
             elif i > layer or stage == "pre":
                 past = None
@@ -217,6 +293,9 @@ class FusedGPT2:
         return diff if diff <= tol * max(1.0, ref.abs().max().item()) else math.inf
 
 
+FusedGPT2 = FusedForward  # the name from when it covered GPT-2 only
+
+
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (weights key, verified engine or None)
 
 
@@ -224,14 +303,14 @@ def _weights_key(model: Any) -> tuple:
     return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
 
 
-def engine_for(model: Any, tokens: Tensor) -> tuple[FusedGPT2, Clean] | None:
+def engine_for(model: Any, tokens: Tensor) -> tuple[FusedForward, Clean] | None:
     """`model`'s verified fused engine and its clean run on `tokens`, or None where the architecture is not covered
     or the fused logits do not match the bridge's (checked once per model and state of its weights)."""
     key = _weights_key(model)
     hit = _ENGINES.get(model)
     if hit is not None and hit[0] == key:
         return None if hit[1] is None else (hit[1], hit[1].clean(tokens))
-    engine, result = FusedGPT2.from_bridge(model), None
+    engine, result = FusedForward.from_bridge(model), None
     if engine is not None:
         clean = engine.clean(tokens, logits=True)
         if engine.verify(model, clean) < math.inf:

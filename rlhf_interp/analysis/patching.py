@@ -12,7 +12,7 @@ Heads are patched two ways. `effect` replaces the head's whole output, z_h W_O_h
 gets donor z_h W_O_h − receiver z_h W_O_h added), so a change in W_O counts; `effect_z` replaces only hook_z (the
 convention of `transformer_lens.patching`), which is blind to W_O and sees the value side only.
 
-`transformer_lens.patching` runs one full forward per cell through the bridge's hooks. Here, on GPT-2-family models,
+`transformer_lens.patching` runs one full forward per cell through the bridge's hooks. Here, on GPT-2/Llama models,
 the sweep runs on `FusedGPT2` (analysis/fused.py: the receiver's own weights as plain tensor code, checked against
 the bridge's forward once per model and state of its weights): (1) each cell's forward starts where its patch enters
 the residual stream, from the receiver's clean run (nothing upstream changes); (2) only positions from the patched

@@ -21,10 +21,10 @@ a snapshot equals `compare B M` on the same prompts and seed:
   s + 1 samples with the policy after s updates), where logged;
 - `adl_norm`, `adl_rel_norm` per layer: the Activation Difference Lens norm ‖mean (M − B) residual‖ after each layer
   over the first tokens of the diff corpus (absolute and relative to the base residual's mean norm), as `adl_norm`;
-- `weight_rel_change`: ‖W_M − W_B‖ / ‖W_B‖ (Frobenius) per component kind and layer on the bridges' processed
-  weights (QK = W_Q W_Kᵀ and OV = W_V W_O stacked over the layer's heads, mlp_in, mlp_out, embed, pos_embed,
-  unembed; layer empty: over all layers of that kind), and `all_params` over every parameter of the HF checkpoints
-  (biases and norms included).
+- `weight_rel_change`: ‖W_M − W_B‖ / ‖W_B‖ (Frobenius) per component kind and layer on the raw checkpoint tensors,
+  aggregated from `weight_diff`'s rows (QK and OV over the layer's query heads, mlp_in, mlp_out, every norm's gain
+  and bias, embed, pos_embed, unembed; layer empty: over all layers of that kind), and `all_params` over every
+  parameter of the HF checkpoints.
 
 Memory: the base bridge stays loaded; each snapshot is loaded, measured and released before the next (the tuned
 bridge of the compare pair is paged out meanwhile).
@@ -121,38 +121,21 @@ def _rel(delta_sq: float, base_sq: float) -> float:
     return math.sqrt(delta_sq / base_sq) if base_sq > 0 else float("nan")
 
 
-@torch.no_grad()
-def weight_change(base: Any, model: Any) -> list[dict[str, Any]]:
-    """Relative Frobenius change per component kind: per layer and over all layers (layer None), processed weights."""
-    from rlhf_interp.analysis.arch import adapter_for
+def weight_change(sub: Any) -> list[dict[str, Any]]:
+    """Relative Frobenius change per component kind, per layer and over all layers (layer None), from `weight_diff`'s
+    rows on the raw checkpoint tensors: ‖ΔW‖ / ‖W_base‖ = sqrt(Σ change_norm²) / sqrt(Σ base_norm²) over the kind's
+    rows (a layer's heads, every layer). A layer's row equals weight_diff's for one-row kinds (mlp_in, mlp_out, ...)."""
+    from rlhf_interp.analysis.weights import weight_diff
 
-    arch = adapter_for(base)
-    n_layers, n_heads = int(base.cfg.n_layers), int(base.cfg.n_heads)
-    totals: dict[str, list[float]] = {}
+    wd = weight_diff(sub)
     rows: list[dict[str, Any]] = []
-
-    def add(kind: str, layer: int | None, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        d = sum(float((t.double() - b.double()).pow(2).sum()) for b, t in pairs)
-        n = sum(float(b.double().pow(2).sum()) for b, _ in pairs)
-        rows.append({"quantity": "weight_rel_change", "layer": layer, "component": kind, "value": _rel(d, n)})
-        acc = totals.setdefault(kind, [0.0, 0.0])
-        acc[0] += d
-        acc[1] += n
-
-    b, t = base, model
-    for L in range(n_layers):
-        kv = [arch.kv_head(h) for h in range(n_heads)]
-        add("QK", L, [(b.W_Q[L, h] @ b.W_K[L, kv[h]].T, t.W_Q[L, h] @ t.W_K[L, kv[h]].T) for h in range(n_heads)])
-        add("OV", L, [(b.W_V[L, kv[h]] @ b.W_O[L, h], t.W_V[L, kv[h]] @ t.W_O[L, h]) for h in range(n_heads)])
-        add("mlp_in", L, [(b.W_in[L], t.W_in[L])])
-        add("mlp_out", L, [(b.W_out[L], t.W_out[L])])
-    for kind in ("QK", "OV", "mlp_in", "mlp_out"):
-        d, n = totals[kind]
-        rows.append({"quantity": "weight_rel_change", "layer": None, "component": kind, "value": _rel(d, n)})
-    add("embed", None, [(b.W_E, t.W_E)])
-    if arch.pos_embed:
-        add("pos_embed", None, [(b.W_pos, t.W_pos)])
-    add("unembed", None, [(b.W_U, t.W_U)])
+    sq = wd.assign(c2=wd.change_norm.astype(float) ** 2, b2=wd.base_norm.astype(float) ** 2)
+    for (comp, layer), g in sq[sq.layer.notna()].groupby(["component", "layer"], sort=False):
+        rows.append({"quantity": "weight_rel_change", "layer": int(layer), "component": comp,
+                     "value": _rel(float(g.c2.sum()), float(g.b2.sum()))})
+    for comp, g in sq.groupby("component", sort=False):
+        rows.append({"quantity": "weight_rel_change", "layer": None, "component": comp,
+                     "value": _rel(float(g.c2.sum()), float(g.b2.sum()))})
     return rows
 
 
@@ -224,7 +207,7 @@ def _point_rows(pair: Any, sub: Any, ctx: dict[str, Any], prompts: list[str], wh
         rows.append({"quantity": "adl_norm", "layer": L, "component": "resid_post", "value": norm})
         rows.append({"quantity": "adl_rel_norm", "layer": L, "component": "resid_post",
                      "value": norm / float(base_norm[L]) if base_norm[L] > 0 else float("nan")})
-    rows += weight_change(sub.base, sub.tuned)
+    rows += weight_change(sub)
     rows += _sampled(sub, sub.hf("tuned"), prompts, ctx.get("reward") or "vader", ctx.get("samples_per_prompt", 4),
                      ctx.get("new_tokens", 32), ctx.get("seed", 0), where)
     sub.release_hf()

@@ -467,24 +467,45 @@ def weight_bars(t: Tables) -> Figure | None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.barh(top.label[::-1], top.rel_change[::-1], color="#8172b3")
     ax.set_xlabel("‖W_tuned − W_base‖ / ‖W_base‖")
-    return _png(fig), ("The 20 weight components that changed most (relative Frobenius norm): each head's QK and OV "
-                       "circuits, MLP in/out, embeddings and unembedding.")
+    return _png(fig), ("The 20 weight components that changed most (relative Frobenius norm of the raw checkpoint "
+                       "tensors, no norm folding): each query head's QK and OV circuits, MLP in/out, every norm's "
+                       "gain and bias, embeddings and unembedding (`measure` in the table says what each row is).")
 
 
 def direction_lines(t: Tables) -> Figure | None:
     df = t.get("direction")
-    if df is None or df.empty:
+    if df is None or df.empty or "method" not in df:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.plot(df.layer, df.cosine_base_tuned, "o-", color="#937860", label="cosine(base dir, tuned dir)")
-    ax.plot(df.layer, df.patch_along_direction_effect, "s--", color="#da8bc3",
-            label="gap recovered by patching along it")
-    ax.set_xlabel("layer (resid_post)")
-    ax.set_xticks(df.layer)
-    ax.legend()
-    return _png(fig), ("A sentiment direction per layer (difference of mean residuals between positive and negative "
-                       "sentences): how similar it is in the two models, and how much of the gap moving the base "
-                       "residual along it (to the tuned value) recovers.")
+    by = {m: g.sort_values("layer") for m, g in df.groupby("method")}
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    styles = {"full_difference": ("s--", "#4c72b0", "full activation difference"),
+              "fitted_direction": ("o-", "#da8bc3", "along the fitted direction (held out)")}
+    for method, (fmt, color, label) in styles.items():
+        if method in by:
+            ax.plot(by[method].layer, by[method].recovery, fmt, color=color, label=label)
+    if "random_direction" in by:
+        r = by["random_direction"]
+        n = int(r.n_draws.max()) if len(r) else 0
+        ax.plot(r.layer, r.recovery, "^:", color="#8c8c8c", label=f"random directions, same size (mean of {n})")
+        ax.fill_between(r.layer, r.recovery - 2 * r.recovery_sd, r.recovery + 2 * r.recovery_sd, color="#8c8c8c",
+                        alpha=0.2, label="random: ± 2 sd")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_ylabel("fraction of the gap recovered")
+    fitted = by.get("fitted_direction")
+    if fitted is not None:
+        ax2.plot(fitted.layer, fitted.cosine_readout, "o-", color="#937860", label="cosine with the metric read-out")
+        ax2.plot(fitted.layer, fitted.share_along, "d--", color="#55a868", label="share of ‖Δx‖² along it")
+        ax2.set_ylim(-1.05, 1.05)
+        ax2.axhline(0, color="black", lw=0.5)
+    for a in (ax, ax2):
+        a.set_xlabel("layer (resid_post, metric position)")
+        a.set_xticks(sorted(df.layer.unique()))
+        a.legend(fontsize=7)
+    return _png(fig), ("The direction RLHF moved the residual where the metric is read (mean tuned − base difference, "
+                       "fitted on one half of the prompts and patched into base on the other): the fraction of the "
+                       "metric gap it recovers beside the full difference and random directions moved by the same "
+                       "amounts (left); its cosine with the metric's read-out direction and the share of the "
+                       "difference it carries (right).")
 
 
 def adl_figure(t: Tables) -> Figure | None:
@@ -632,6 +653,38 @@ def trajectory_figure(t: Tables) -> Figure | None:
                        "reward of samples from each snapshot on the run's eval prompts, with the run's own logged "
                        "rewards; bottom: Activation Difference Lens norm per layer and relative weight change per "
                        "component kind (all layers). Numbers in tables/trajectory.csv.")
+def crosscoder_figure(t: Tables) -> Figure | None:
+    df = t.get("crosscoder_latents")
+    if df is None or df.empty:
+        return None
+    live = df[df["class"] != "dead"].dropna(subset=["rel_norm"])
+    only = live[live["class"] == "tuned-only"].dropna(subset=["nu_error", "nu_recon"])
+    n = 2 if len(only) else 1
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    for lo, hi, color in ((0, 0.1, COLORS["base"]), (0.4, 0.6, "#cccccc"), (0.9, 1.0, COLORS["tuned"])):
+        ax.axvspan(lo, hi, color=color, alpha=0.15, lw=0)
+    ax.hist(live.rel_norm, bins=np.linspace(0, 1, 41), color="#8172b3")
+    counts = live["class"].value_counts()
+    ax.set_title(", ".join(f"{c} {int(counts.get(c, 0))}" for c in ("base-only", "shared", "other", "tuned-only"))
+                 + f", dead {int((df['class'] == 'dead').sum())}", fontsize=9)
+    ax.set_xlabel("relative decoder norm Δ (0 base-only, 0.5 shared, 1 tuned-only)")
+    ax.set_ylabel("latents")
+    ax.set_xlim(0, 1)
+    if n == 2:
+        ax2 = axes[0, 1]
+        ax2.scatter(only.nu_error, only.nu_recon, s=12, color=COLORS["tuned"])
+        ax2.axvline(0.2, color="grey", ls=":")
+        ax2.axhline(0.2, color="grey", ls=":")
+        ax2.set_xlabel("ν error (base/tuned β): complete shrinkage if > 0.2")
+        ax2.set_ylabel("ν reconstruction: latent decoupling if > 0.2")
+        ax2.set_title("Latent Scaling of the tuned-only latents", fontsize=9)
+    kind = str(df["kind"].iloc[0]) if "kind" in df else ""
+    return _png(fig), (f"Crosscoder ({kind}) on both models' residual after block {int(df.layer.iloc[0])}: relative "
+                       "decoder norm per live latent (shaded: base-only, shared, tuned-only bands of Minder et al.)"
+                       + ("; right: Latent Scaling ratios ν = β_base / β_tuned of the tuned-only latents (near 0: "
+                          "absent from base; above 0.2: an L1 artifact, the concept is in base after all)." if n == 2
+                          else "."))
 
 
 COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
@@ -648,13 +701,14 @@ COMPARE_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
     ("attribution", "Attribution patching vs exact", attribution_scatter),
     ("attention_diff", "Attention change", attention_heatmap),
     ("weight_diff", "Weight change", weight_bars),
-    ("direction", "Sentiment direction", direction_lines),
+    ("direction", "The residual change at the metric position, with baselines", direction_lines),
     ("adl", "Activation Difference Lens", adl_figure),
     ("amplification", "Logit-diff amplification", amplification_figure),
     ("diff_mining", "Diff mining", diff_mining_bars),
 ]
 # figures of opt-in parts of compare (absent from a default compare), drawn after COMPARE_FIGURES when their table is
 OPT_IN_FIGURES: list[tuple[str, str, Callable[[Tables], Figure | None]]] = [
+    ("crosscoder", "Crosscoder", crosscoder_figure),  # --analyses all,crosscoder
     ("trajectory", "Training trajectory: when did it change", trajectory_figure),  # compare RUN --trajectory
 ]
 

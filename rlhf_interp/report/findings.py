@@ -25,7 +25,8 @@ def _fmt_cell(r: Any, keys: tuple[str, ...]) -> str:
 
 def compare_findings(t: Tables, summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
-    for part in (_metric, _behaviour, _patching, _dla_and_weights, _diffing, _trajectory):
+    for part in (_metric, _behaviour, _patching, _dla_and_weights, _readout_and_direction, _diffing, _crosscoder,
+                 _trajectory):
         out += part(t, summary)
     return out
 
@@ -170,6 +171,38 @@ def _dla_and_weights(t: Tables, summary: dict[str, Any]) -> list[str]:
     return out
 
 
+def _readout_and_direction(t: Tables, summary: dict[str, Any]) -> list[str]:
+    """unembed_change (the metric's read-out vector) and direction (the residual change at the metric position)."""
+    out: list[str] = []
+    ue = t.get("unembed_change")
+    if ue is not None and len(ue):
+        md = ue[(ue.kind == "metric_direction") & (ue.quantity == "readout")]
+        sv = ue[(ue.kind == "singular_value") & (ue["rank"] == 1)]
+        if len(md):
+            r = md.iloc[0]
+            out.append(f"The metric's read-out vector in the unembedding (`unembed_change`: mean row of the positive "
+                       f"minus the negative tokens) changed in norm ×{r.value:.2f} with cosine {r.cosine:.2f} between "
+                       f"the models; along the base's direction it grew {r.share:+.1%}.")
+        if len(sv):
+            s = sv.iloc[0]
+            out.append(f"The top singular direction of the unembedding change carries {s.share:.0%} of ‖ΔW_U‖² "
+                       f"(σ₁ = {s.value:.3f} against the base matrix's σ₁ = {s.base:.2f}).")
+    d = t.get("direction")
+    if d is not None and len(d) and "method" in d:
+        fit = d[d.method == "fitted_direction"].dropna(subset=["recovery"])
+        if len(fit):
+            r = fit.loc[fit.recovery.abs().idxmax()]
+            at = d[d.layer == r.layer].set_index("method")
+            rand = at.loc["random_direction"] if "random_direction" in at.index else None
+            tail = (f", random directions moved by the same amounts {rand.recovery:+.1%} ± {rand.recovery_sd:.1%} "
+                    f"(sd over {int(rand.n_draws)} draws)" if rand is not None else "")
+            out.append(f"Patching base along the mean residual change at the metric position (`direction`, layer "
+                       f"{int(r.layer)}, held out) recovers {r.recovery:+.1%} of the gap; the full difference there "
+                       f"{at.loc['full_difference'].recovery:+.1%}{tail}. Its cosine with the metric read-out is "
+                       f"{r.cosine_readout:.2f}.")
+    return out
+
+
 def _diffing(t: Tables, summary: dict[str, Any]) -> list[str]:
     """What the open-ended model-diffing analyses (adl, amplification, diff_mining) point at."""
     out: list[str] = []
@@ -250,6 +283,42 @@ def _trajectory(t: Tables, summary: dict[str, Any]) -> list[str]:
         out.append(f"At step {int(act.index[-1])} the gap is {sig(act.iloc[-1], 3)} from the components' own outputs "
                    f"and {sig(read.iloc[-1], 3)} from the read-out (final-norm scale, gain, unembedding).")
     return out
+
+
+def _crosscoder(t: Tables, summary: dict[str, Any]) -> list[str]:
+    """The crosscoder's latent classes, its artifact flags and the top tuned-only (or tuned-leaning) latent."""
+    lt, fvu, top = t.get("crosscoder_latents"), t.get("crosscoder_fvu"), t.get("crosscoder_top")
+    if lt is None or lt.empty or fvu is None or fvu.empty:
+        return []
+    m = fvu.iloc[0]
+    split = "heldout" if (fvu.split == "heldout").any() else "train"
+    f = fvu[fvu.split == split].set_index("model").fvu
+    what = f"BatchTopK k={int(m.k)}" if m.kind == "batchtopk" else f"L1 λ={m.l1:g}"
+    counts = lt["class"].value_counts()
+    only = lt[lt["class"] == "tuned-only"]
+    text = (f"Crosscoder ({what}, {int(m.latents)} latents, residual after block {int(m.layer)}, "
+            f"{int(fvu[fvu.split == 'train'].tokens.iloc[0]):,} training tokens): FVU ({split}) base "
+            f"{f.get('base', float('nan')):.1%}, tuned {f.get('tuned', float('nan')):.1%}; of "
+            f"{len(lt) - int(counts.get('dead', 0))} live latents {int(counts.get('tuned-only', 0))} are tuned-only, "
+            f"{int(counts.get('base-only', 0))} base-only, {int(counts.get('shared', 0))} shared.")
+    if len(only):
+        flagged = only[only.artifact.fillna("") != ""]
+        cs = flagged.artifact.str.contains("complete_shrinkage").sum()
+        text += (f" Latent Scaling flags {len(flagged)} of the {len(only)} tuned-only latents as L1-style artifacts "
+                 f"(the base activations carry them after all, ν > 0.2: complete shrinkage {cs}, latent decoupling "
+                 f"{flagged.artifact.str.contains('latent_decoupling').sum()}).")
+    if top is not None and len(top):
+        j = top[top.latent_rank == 0]
+        ctx = j[j.kind == "context"].sort_values("rank")
+        prom = j[j.kind == "promoted"].sort_values("rank").token.head(5)
+        r = j.iloc[0]
+        label = "The top tuned-only latent" if r["class"] == "tuned-only" else (
+            f"No latent is tuned-only; the most used tuned-leaning one (Δ = {r.rel_norm:.2f})")
+        flag = f", flagged {r.artifact}" if isinstance(r.artifact, str) and r.artifact else ""
+        text += (f" {label}, #{int(r.latent)}{flag}, fires most on {ctx.context.iloc[0]!r}" if len(ctx) else
+                 f" {label}, #{int(r.latent)}{flag},")
+        text += f" and its tuned decoder promotes {', '.join(repr(x) for x in prom)}."
+    return [text]
 
 
 def training_findings(metrics: pd.DataFrame, evals: pd.DataFrame) -> list[str]:

@@ -35,8 +35,10 @@ REQUIRED = {
     "attention_diff": ["layer", "head", "js_divergence"],
     "attention_patterns": ["prompt_index", "prompt", "layer", "head", "model", "query", "key", "query_token", "weight"],
     "weight_diff": ["component", "layer", "head", "rel_change"],
-    "direction": ["layer", "cosine_base_tuned", "patch_along_direction_effect"],
+    "direction": ["layer", "method", "recovery", "recovery_sd", "cosine_readout"],
+    "unembed_change": ["kind", "value", "share"],
     "trajectory": ["step", "quantity", "layer", "component", "value"],
+    "crosscoder_latents": ["layer", "kind", "latent", "rel_norm", "class", "nu_error", "nu_recon", "artifact"],
 }
 
 
