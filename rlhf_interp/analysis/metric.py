@@ -230,6 +230,7 @@ def analysis_scope(metric: Metric) -> dict[str, str]:
                 "the last prompt position; exactly decomposed, table column term = first_token); the words' later "
                 "tokens are not a linear read-out of one residual and are not decomposed")
         scope["dla"] = scope["logit_lens"] = part
+        scope["unembed_change"] = "the metric direction is the first-token term's (first tokens: positive − negative)"
     elif metric.linear_part() is None:
         scope["dla"] = scope["logit_lens"] = (f"not applicable: {metric.name} is not linear in the residual stream "
                                               "(tables empty)")

@@ -69,10 +69,12 @@ def _unembeddings(pair: ModelPair) -> tuple[Tensor, Tensor, Tensor | None, Tenso
 
 
 def _readout(pair: ModelPair, W: Tensor) -> Tensor | None:
-    """The metric's read-out vector (d_model,) from a raw (vocab, d_model) unembedding; None for a non-linear metric."""
-    if not pair.metric.linear:
+    """The metric's read-out vector (d_model,) from a raw (vocab, d_model) unembedding (logprob_diff: its first-token
+    term's, `Metric.linear_part`); None for a metric with no linear part."""
+    part = pair.metric.linear_part()
+    if part is None:
         return None
-    return pair.metric.direction(W.T, None)[0]
+    return part.direction(W.T, None)[0]
 
 
 def _singular(W: Tensor, rows: int = 8192) -> tuple[Tensor, Tensor]:
