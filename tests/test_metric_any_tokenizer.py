@@ -137,6 +137,8 @@ def test_trl_style_pair_runs_full_compare_with_logprob_diff(trl_pair: dict, tmp_
                        & (t["ablation"].component == "head")]
     assert tuple(ab.loc[ab.effect.abs().idxmax(), ["layer", "head"]]) == PLANTED
     assert t["attribution_patching"].pos.max() == cells.pos.max()
+    full = t["direction"][t["direction"].method == "full_difference"].set_index("layer").recovery
+    assert full.notna().all() and full[1] > 0.5  # the last prompt position after the planted head carries most
     html = (out / "report.html").read_text()
     assert "logprob_diff" in html and "first-token term" in html
 
