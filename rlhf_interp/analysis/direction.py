@@ -117,7 +117,8 @@ def direction(pair: ModelPair, seed: int = 0, n_random: int = N_RANDOM, chunk: i
     u_all = fit_directions(diffs)
     # per fold: the direction fitted on the *other* fold's prompts (the same one when there is a single fold)
     u_fold = [fit_directions(diffs, folds[1 - f] if held_out else folds[f]) for f in range(len(folds))]
-    readout = unembed_direction(pair.base, pair.metric)[0].float() if pair.metric.linear else None
+    part = pair.metric.linear_part()  # logprob_diff: its first-token term, read at the last prompt position
+    readout = unembed_direction(pair.base, part)[0].float() if part is not None else None
     base_m = sum(pair.metric(pair.base(t)).float().sum().item() for _, t in pair.groups) / len(pair.prompts)
     tuned_m = sum(pair.metric(pair.tuned(t)).float().sum().item() for _, t in pair.groups) / len(pair.prompts)
     gap = tuned_m - base_m
