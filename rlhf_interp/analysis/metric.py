@@ -226,6 +226,7 @@ def analysis_scope(metric: Metric) -> dict[str, str]:
                             "prompt positions; the metric read at the appended word positions)"
                       for name in ("ablation", "patching", "direction")})
         scope["attribution_patching"] += " (the gradient over the prompt + word rows, at prompt positions)"
+        scope["direction"] += "; fitted and patched at the last prompt position, cosine_readout: the first-token term's"
         part = ("the first-token term only (mean logit of each positive word's first token minus the negatives', at "
                 "the last prompt position; exactly decomposed, table column term = first_token); the words' later "
                 "tokens are not a linear read-out of one residual and are not decomposed")
