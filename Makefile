@@ -28,7 +28,7 @@ demo: setup
 # The real-model recipe (README, "A real model offline"): LoRA PPO on SmolLM2-135M, then compare base and tuned.
 REAL_RUN ?= runs/smollm2
 REAL_TRAIN ?= --model smollm2 --lora-r 16 --lora-alpha 32 --lr 1e-3 --batch-size 16 --ppo-epochs 2 --minibatches 2 \
-	--steps 12 --log-every 6 --save-every 6
+	--steps 8 --log-every 8 --save-every 8
 
 demo-real: setup
 	$(VENV)/bin/rlhf-interp train $(REAL_TRAIN) --out $(REAL_RUN) --overwrite
