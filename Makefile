@@ -29,10 +29,12 @@ demo: setup
 REAL_RUN ?= runs/smollm2
 REAL_TRAIN ?= --model smollm2 --lora-r 16 --lora-alpha 32 --lr 1e-3 --batch-size 16 --ppo-epochs 2 --minibatches 2 \
 	--steps 8 --log-every 8 --save-every 8
+# torch CPU threads; on a heavily shared machine 1 is faster than 2 (the committed example used 1)
+THREADS ?= 2
 
 demo-real: setup
-	$(VENV)/bin/rlhf-interp train $(REAL_TRAIN) --out $(REAL_RUN) --overwrite
-	$(VENV)/bin/rlhf-interp compare $(REAL_RUN) --out $(REAL_RUN)/compare
+	$(VENV)/bin/rlhf-interp --threads $(THREADS) train $(REAL_TRAIN) --out $(REAL_RUN) --overwrite
+	$(VENV)/bin/rlhf-interp --threads $(THREADS) compare $(REAL_RUN) --out $(REAL_RUN)/compare
 	@echo "training report:   $(REAL_RUN)/report.html"
 	@echo "comparison report: $(REAL_RUN)/compare/report.html"
 
