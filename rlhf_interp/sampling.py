@@ -150,11 +150,16 @@ def sample(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     return_hidden: bool = False,
+    stop_at_eos: bool = False,
 ) -> Samples:
-    """Sample `max_new_tokens` tokens for every prompt (no early stop), then mask everything after the first EOS.
+    """Sample `max_new_tokens` tokens for every prompt, then mask everything after the first EOS.
 
-    A plain KV-cached loop rather than `model.generate`, so that the log-prob of every sampled token (and, for
-    PPO's value head, the final-LN hidden state that predicted it) comes out of the same forward passes.
+    A plain KV-cached loop over the whole batch rather than `model.generate`, so that the log-prob of every sampled
+    token (and, for PPO's value head, the final-LN hidden state that predicted it) comes out of the same forward
+    passes. `stop_at_eos`: stop decoding once every row has sampled an EOS; the slots after that are PAD with
+    log-prob 0 (and zero hidden states), all outside `response_mask`, so the masked result is the same as without
+    it. Off by default: stopping early draws fewer numbers from `generator`, so a caller that keeps using the same
+    generator (the PPO rollout) would see different later draws.
     """
     device = next(model.parameters()).device
     query_ids, query_mask = encode_prompts(tokenizer, prompts, device)
@@ -166,6 +171,7 @@ def sample(
     past = None
     cache_kw = cache_keyword(model)
     tokens, logps, hiddens = [], [], []
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         out = model(
             input_ids=input_ids,
@@ -183,9 +189,19 @@ def sample(
         logps.append(logprobs.gather(-1, token))
         if return_hidden:
             hiddens.append(out.hidden_states[-1][:, -1:, :])  # GPT-2: the last hidden state is after ln_f
+        if stop_at_eos and tokenizer.eos_token_id is not None:
+            done |= token[:, 0] == tokenizer.eos_token_id
+            if bool(done.all()):
+                break
         input_ids = token
         position_ids = position_ids[:, -1:] + 1
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+    if len(tokens) < max_new_tokens:  # stopped early: fill the rest (all after every row's EOS)
+        rest = max_new_tokens - len(tokens)
+        tokens.append(torch.full((batch, rest), pad_id(tokenizer), dtype=torch.long, device=device))
+        logps.append(logps[-1].new_zeros(batch, rest))
+        if return_hidden:
+            hiddens.append(hiddens[-1].new_zeros(batch, rest, hiddens[-1].shape[-1]))
     response_ids = torch.cat(tokens, dim=1)
     response_mask = truncate_at_eos(response_ids, tokenizer.eos_token_id)
     response_ids = response_ids.masked_fill(~response_mask, pad_id(tokenizer))

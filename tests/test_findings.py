@@ -56,3 +56,13 @@ def test_dla_finding_ranks_by_activation_part_and_states_the_readout_share():
     text = " ".join(_dla_and_weights({"dla_layers": pd.DataFrame(rows)}, {}))
     assert "attn2: +0.150" in text  # not mlp3, whose delta is mostly read-out
     assert "+0.950 (79%) is the read-out" in text
+
+
+def test_a_nan_attribution_correlation_is_not_a_finding():
+    from rlhf_interp.report.findings import _dla_and_weights
+
+    assert not any("Attribution patching" in f
+                   for f in _dla_and_weights({}, {"attribution_vs_exact_correlation": {"head": float("nan")}}))
+    out = _dla_and_weights({}, {"attribution_vs_exact_correlation": {"head": float("nan"), "layer": 0.75}})
+    assert [f for f in out if "Attribution patching" in f] == [
+        "Attribution patching correlates with exact patching at r = 0.75 (layer × position)."]

@@ -66,3 +66,33 @@ def test_sample_is_seeded_and_its_logprobs_match_a_full_forward():
     m = a.response_mask
     assert torch.allclose(lp[m], a.logprobs[m], atol=1e-4)
     assert all(isinstance(t, str) for t in decode_responses(tok, a))
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time():
+    """The batched, left-padded, KV-cached loop gives each prompt what it gets alone (greedy: top_k=1)."""
+    model, tok = load_causal_lm("embedded")
+    prompts = ["This movie is", "The battery life of the phone was not", "The plot", "These headphones are"]
+    batched = sample(model, tok, prompts, 16, top_k=1)
+    for i, p in enumerate(prompts):
+        alone = sample(model, tok, [p], 16, top_k=1)
+        assert torch.equal(alone.response_mask[0], batched.response_mask[i])
+        assert torch.equal(alone.response_ids[0], batched.response_ids[i])
+        m = alone.response_mask[0]
+        assert torch.allclose(alone.logprobs[0, m], batched.logprobs[i, m], atol=1e-4)
+
+
+def test_stop_at_eos_changes_nothing_inside_the_mask():
+    """Early stop (every row has its EOS) leaves tokens, mask and in-mask log-probs as the full-length loop has them,
+    for a fixed seed; the embedded model ends its reviews well inside 48 tokens, so the stop does happen."""
+    model, tok = load_causal_lm("embedded")
+    prompts = ["This movie is", "The acting was", "The screen was", "The price was"] * 2
+    full = sample(model, tok, prompts, 48, generator=torch.Generator().manual_seed(3), return_hidden=True)
+    early = sample(model, tok, prompts, 48, generator=torch.Generator().manual_seed(3), return_hidden=True,
+                   stop_at_eos=True)
+    assert full.response_mask.sum(-1).max() < 48  # every row has an EOS: the early loop did stop
+    assert torch.equal(full.response_mask, early.response_mask)
+    assert torch.equal(full.response_ids, early.response_ids)
+    m = full.response_mask
+    assert torch.equal(full.logprobs[m], early.logprobs[m])
+    assert torch.equal(full.hidden[m], early.hidden[m])
+    assert early.response_ids.shape == full.response_ids.shape and early.hidden.shape == full.hidden.shape

@@ -23,7 +23,7 @@ def behaviour(pair: ModelPair, reward: str = "vader", samples_per_prompt: int = 
     batch = [p for p in pair.prompts for _ in range(samples_per_prompt)]
     rows, kl_rows, summary = [], [], []
     for model_name in ("base", "tuned"):
-        s, texts = sample_seeded(pair.hf(model_name), pair.tokenizer, batch, new_tokens, seed)
+        s, texts = sample_seeded(pair.hf(model_name), pair.tokenizer, batch, new_tokens, seed, stop_at_eos=True)
         pair.release_hf()  # the HF copy is only for sampling: never two in memory
         scores = check_scores(reward, reward_fn, texts)
         lengths = s.response_mask.sum(-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -159,9 +160,10 @@ def _dla_and_weights(t: Tables, summary: dict[str, Any]) -> list[str]:
             out.append(f"The component whose own direct contribution changed most (activation part) is {where}: "
                        f"{r.attribution:+.3f}" + (f" of its total delta {d.iloc[0]:+.3f}" if len(d) else "") + ".")
     corr = summary.get("attribution_vs_exact_correlation")
-    if corr:
-        out.append(f"Attribution patching correlates with exact patching at r = {corr.get('head', float('nan')):.2f} "
-                   f"(heads) and r = {corr.get('layer', float('nan')):.2f} (layer × position).")
+    parts = [f"r = {float(corr[k]):.2f} ({label})" for k, label in (("head", "heads"), ("layer", "layer × position"))
+             if corr and corr.get(k) is not None and math.isfinite(float(corr[k]))]
+    if parts:  # a NaN correlation (e.g. no additive head effects under a post-attention norm) is no finding
+        out.append("Attribution patching correlates with exact patching at " + " and ".join(parts) + ".")
     wd = t.get("weight_diff")
     if wd is not None and len(wd):
         top = wd.nlargest(3, "rel_change")
