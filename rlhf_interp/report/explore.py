@@ -22,27 +22,38 @@ def _num(v: Any) -> float | None:
     return float(f"{v:.4g}") if math.isfinite(v) else None
 
 
-def _grid(df: pd.DataFrame, value: str, title: str, percent: bool, diverging: bool = True) -> dict[str, Any]:
+def _grid(df: pd.DataFrame, value: str, title: str, percent: bool, diverging: bool = True,
+          floor: float | None = None) -> dict[str, Any]:
+    """One layer × head grid; its colour scale is at least `floor` wide (default: 5% of the gap for shares, 0.01
+    for non-negative values), so that values far below what matters stay pale instead of saturating."""
     grid = df.pivot(index="layer", columns="head", values=value).sort_index().sort_index(axis=1)
     values = [[_num(v) for v in row] for row in grid.to_numpy(dtype=float)]
     finite = [abs(v) for row in values for v in row if v is not None]
-    floor = 0.05 if percent else (0.01 if not diverging else 0.0)
+    if floor is None:
+        floor = 0.05 if percent else (0.01 if not diverging else 0.0)
     return {"title": title, "percent": percent, "diverging": diverging,
             "rows": [int(r) for r in grid.index], "cols": [int(c) for c in grid.columns], "values": values,
             "vmax": max([*finite, floor, 1e-12])}
 
 
 def _heatmaps(t: Tables) -> list[dict[str, Any]]:
+    from rlhf_interp.report.figures import _gap
+
+    gap = _gap(t)
+    units = 0.05 * abs(gap) if math.isfinite(gap) else 0.0  # metric-unit grids: at least ±5% of the gap, as the PNGs
     out = []
     if (df := t.get("patching_heads")) is not None and len(df):
         out.append(_grid(df[df.direction == "tuned_to_base"], "effect",
                          "Patching a head tuned → base: share of the gap recovered", True))
     if (df := t.get("dla_heads")) is not None and len(df):
-        out.append(_grid(df[df.model == "delta"], "attribution", "DLA per head, tuned − base (metric units)", False))
+        own = "delta_activation" if (df.model == "delta_activation").any() else "delta"
+        title = ("DLA per head: the head's own change (fixed read-out)" if own == "delta_activation"
+                 else "DLA per head, tuned − base")
+        out.append(_grid(df[df.model == own], "attribution", title + " (metric units)", False, floor=units))
     if (df := t.get("ablation")) is not None and len(df):
         heads = df[(df.component == "head") & (df.kind == "mean") & (df.model == "tuned")]
         if len(heads):
-            out.append(_grid(heads, "effect", "Mean-ablating a head in the tuned model: Δ metric", False))
+            out.append(_grid(heads, "effect", "Mean-ablating a head in the tuned model: Δ metric", False, floor=units))
     if (df := t.get("attention_diff")) is not None and len(df):
         out.append(_grid(df, "js_divergence", "Attention change: JS divergence (nats)", False, diverging=False))
     return out

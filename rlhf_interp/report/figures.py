@@ -350,12 +350,18 @@ def dla_head_heatmaps(t: Tables) -> Figure | None:
     if df is None or df.empty:
         return None
     gap = _gap(t)
-    panels = [(model, df[df.model == model].pivot(index="layer", columns="head", values="attribution"))
-              for model in ("base", "tuned", "delta")]
+    titles = {"base": "base", "tuned": "tuned", "delta_activation": "Δ: the head's own output (fixed read-out)",
+              "delta_readout": "Δ: the read-out's change"}
+    models = [m for m in titles if m in set(df.model)]
+    panels = [(titles[m], df[df.model == m].pivot(index="layer", columns="head", values="attribution"))
+              for m in models]
     fig = _heatmaps(panels, floor=0.05 * abs(gap) if np.isfinite(gap) else 0.0, label="attribution (metric units)",
-                    figsize=(13, 3.6))
-    return _png(fig), ("Direct logit attribution per attention head (rows: layers, columns: heads), in metric units, "
-                       "one colour scale for the three panels (at least ±5% of the gap wide, so noise stays white).")
+                    figsize=(4.2 * len(panels), 3.6))
+    return _png(fig), ("Direct logit attribution per attention head (rows: layers, columns: heads; per query head "
+                       "under grouped-query attention), in metric units, one colour scale for all panels (at least "
+                       "±5% of the gap wide, so noise stays white). The base→tuned change is split (midpoint) into "
+                       "the head's own output read through a fixed read-out and the read-out's change applied to a "
+                       "fixed output; the two add up to tuned − base.")
 
 
 def ablation_heatmaps(t: Tables) -> Figure | None:
