@@ -8,3 +8,9 @@ class UserError(Exception):
 
     The CLI prints `error: <message>` on one line and exits with code 2 (no traceback unless `--debug`).
     """
+
+
+class NotSupported(RuntimeError):
+    """An analysis that cannot run on this model (an architecture without a checkpoint layout, weights that are not
+    safetensors): `compare(strict=False)`, as the CLI runs it, records the message under summary.json["failed"]
+    and runs the other analyses; strict=True raises it."""

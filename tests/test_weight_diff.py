@@ -136,3 +136,24 @@ def test_planted_token_moves_first_in_unembed_change(tmp_path):
     assert ro.value == pytest.approx(1.0, abs=1e-6) and ro.cosine == pytest.approx(1.0, abs=1e-6)
     wd = weight_diff(pair)
     assert set(_changed(wd).component) == {"embed"}
+
+
+def test_an_architecture_without_a_checkpoint_layout_fails_that_analysis_alone(tmp_path, monkeypatch):
+    """unembed_change needs a raw layout; where arch.py has none, compare (strict=False, as the CLI runs it) records
+    the analysis under summary.json["failed"] and the other analyses' tables are still written."""
+    import json
+
+    import rlhf_interp.analysis.unembed as unembed_mod
+    from rlhf_interp.analysis import compare
+    from rlhf_interp.errors import NotSupported
+    from rlhf_interp.prompts import EMBEDDED_PROMPTS
+
+    monkeypatch.setattr(unembed_mod, "raw_layout", lambda name: None)
+    out = tmp_path / "out"
+    tables = compare("embedded", "embedded", prompts=list(EMBEDDED_PROMPTS)[:4], analyses="logit_diff,unembed_change",
+                     out=out, report=False, strict=False)
+    failed = json.loads((out / "summary.json").read_text())["failed"]
+    assert list(failed) == ["unembed_change"] and "no checkpoint layout" in failed["unembed_change"]
+    assert "logit_diff" in tables and (out / "tables" / "logit_diff.csv").is_file()
+    with pytest.raises(NotSupported):
+        compare("embedded", "embedded", prompts=list(EMBEDDED_PROMPTS)[:4], analyses="unembed_change", strict=True)

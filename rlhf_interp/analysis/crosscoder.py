@@ -300,7 +300,7 @@ def corpus(pair: Any, ctx: dict[str, Any], cfg: CrosscoderConfig) -> list[list[i
         batches = diff_corpus(pair, {"seed": ctx.get("seed", 0), "new_tokens": ctx.get("new_tokens", 32)},
                               n_samples=cfg.texts)
         pair.release_hf()
-    return [row.tolist() for b in [*batches, *pair.all_tokens()] for row in b]
+    return [row.tolist() for b in [*batches, *(t for _, t in pair.prompt_groups())] for row in b]  # prompts alone
 
 
 @torch.no_grad()

@@ -7,20 +7,25 @@ unembedding bias (final-norm bias folded in). Components: the token and position
 (split into heads + the output bias b_O), each MLP (split into neurons + b_out).
 
 A contribution f(a, R) depends on an *activation* a (the component's output vector: for a head z_h W_O_h, for a
-neuron its activation times its row of W_out) and a *read-out* R = (scale, direction, bias). The change
+neuron its activation times its row of W_out) and a *read-out* R = (direction, bias): the final norm's gain and
+bias folded into the unembedding. The final norm's per-prompt scale is set by the whole residual, so it belongs to
+the activation side: every pairing f(a, R) divides by the scale of the model that produced a (as the exact read-out
+swap of `patching_layers` and the logit lens do). The change
 f(a_t, R_t) − f(a_b, R_b) is split symmetrically (the two-player Shapley value, i.e. the midpoint rule):
 
     delta_activation = ½ [f(a_t, R_b) − f(a_b, R_b)] + ½ [f(a_t, R_t) − f(a_b, R_t)]
     delta_readout    = ½ [f(a_b, R_t) − f(a_b, R_b)] + ½ [f(a_t, R_t) − f(a_t, R_b)]
 
 They add up to `delta` exactly and do not depend on an order. `delta_activation` is what a component itself changed
-(read through a fixed read-out); `delta_readout` is the change of final-norm scale, gain and unembedding applied to a
-fixed activation. Rankings of components use `delta_activation`.
+(read through a fixed read-out; a change of the residual's norm, which rescales every component, is part of it);
+`delta_readout` is the change of the final-norm gain and bias and the unembedding applied to a fixed activation (0
+where those weights did not change, e.g. under LoRA on attention and MLP projections). Rankings of components use
+`delta_activation`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -137,7 +142,8 @@ def dla_parts(pair: ModelPair) -> dict[tuple[str, str], Any]:
     """Per-prompt contributions for the four pairings (activation model, read-out model) in {b, t}²."""
     acts = {"b": _activations(pair.base, pair), "t": _activations(pair.tuned, pair)}
     reads = {"b": _readout(pair.base, pair, acts["b"]), "t": _readout(pair.tuned, pair, acts["t"])}
-    return {(a, r): _contrib(acts[a], reads[r], pair.base) for a in "bt" for r in "bt"}
+    # the scale comes with the activation (it is the norm of that model's own residual), the read-out gives the rest
+    return {(a, r): _contrib(acts[a], replace(reads[r], scale=reads[a].scale), pair.base) for a in "bt" for r in "bt"}
 
 
 def dla_tables(pair: ModelPair, top_neurons: int = 20) -> dict[str, pd.DataFrame]:

@@ -33,7 +33,7 @@ from torch import Tensor
 from rlhf_interp.analysis.arch import adapter_for, raw_layout
 from rlhf_interp.analysis.pair import ModelPair
 from rlhf_interp.analysis.weights import Checkpoint
-from rlhf_interp.errors import UserError
+from rlhf_interp.errors import NotSupported
 from rlhf_interp.models import release_freed_memory
 
 MEASURE = {
@@ -58,7 +58,7 @@ def _unembeddings(pair: ModelPair) -> tuple[Tensor, Tensor, Tensor | None, Tenso
     archs = ck["base"].config.get("architectures") or [getattr(pair.base.cfg, "architecture", "")]
     layout = raw_layout(str(archs[0]))
     if layout is None:
-        raise UserError(f"unembed_change: no checkpoint layout for {archs[0]} in analysis/arch.py")
+        raise NotSupported(f"unembed_change: no checkpoint layout for {archs[0]} in analysis/arch.py")
     tied = layout.unembed is None or ck["base"].maybe(layout.unembed + ".weight") is None \
         or bool(ck["base"].config.get("tie_word_embeddings", False))
     name = layout.embed if tied else str(layout.unembed)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from rlhf_interp.analysis.arch import RawLayout, adapter_for, raw_layout
 from rlhf_interp.analysis.pair import ModelPair
-from rlhf_interp.errors import UserError
+from rlhf_interp.errors import NotSupported
 from rlhf_interp.models import ModelSource, release_freed_memory
 
 MEASURES = {
@@ -73,7 +73,8 @@ def checkpoint_dir(source: ModelSource) -> Path:
         return Path(snapshot_download(str(source.hub_name), local_files_only=True,
                                       allow_patterns=["*.safetensors", "*.json"]))
     except Exception as e:  # any cache miss is the same user-facing problem
-        raise UserError(f"{source.hub_name}: its checkpoint files are not in the local Hugging Face cache ({e})") from e
+        raise NotSupported(f"{source.hub_name}: its checkpoint files are not in the local Hugging Face cache "
+                           f"({e})") from e
 
 
 class Checkpoint:
@@ -88,7 +89,8 @@ class Checkpoint:
             with safe_open(str(f), framework="pt") as s:
                 self.files.update({k: f for k in s.keys()})  # noqa: SIM118 - safe_open is not a mapping
         if not self.files:
-            raise UserError(f"{folder}: no safetensors tensors found")
+            raise NotSupported(f"{folder}: no safetensors tensors found (weight_diff and unembed_change read the raw "
+                               "checkpoint)")
         cfg_path = folder / "config.json"
         self.config: dict[str, Any] = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
 
@@ -131,7 +133,7 @@ class _Reader:
         """(out, in) weights of both models."""
         pair = self.tensors(module + ".weight")
         if pair is None:
-            raise UserError(f"checkpoint lacks {module}.weight (layout of analysis/arch.py does not match)")
+            raise NotSupported(f"checkpoint lacks {module}.weight (layout of analysis/arch.py does not match)")
         return (pair[0].T, pair[1].T) if self.layout.conv1d else pair
 
     def bias(self, module: str) -> tuple[Tensor, Tensor] | None:
@@ -209,7 +211,7 @@ def _rows(reader: _Reader, pair: ModelPair) -> Iterator[dict[str, Any]]:
     tied = unembed is None or bool(reader.ck["base"].config.get("tie_word_embeddings", False))
     emb = reader.tensors(lay.embed + ".weight")
     if emb is None:
-        raise UserError(f"checkpoint lacks {lay.embed}.weight (layout of analysis/arch.py does not match)")
+        raise NotSupported(f"checkpoint lacks {lay.embed}.weight (layout of analysis/arch.py does not match)")
     yield row("embed", None, None, *emb, lay.embed + ".weight" + (" (tied: also the unembedding)" if tied else ""),
               MEASURES["embed"])
     if lay.pos_embed and arch.pos_embed:

@@ -462,13 +462,21 @@ def attention_heatmap(t: Tables) -> Figure | None:
                        "ln 2 ≈ 0.69) between base and tuned patterns over the prompts (scale at least 0.01 wide).")
 
 
+def weight_labels(df: pd.DataFrame) -> list[str]:
+    """One label per weight_diff row: component, layer, head; rows that are a raw checkpoint tensor (`tensor`,
+    `other`) are named by the tensor itself, so two of them never share a label."""
+    params = df["parameters"] if "parameters" in df else pd.Series([None] * len(df), index=df.index)
+    return [str(p) if c in ("tensor", "other") and isinstance(p, str) and p else
+            c + ("" if pd.isna(L) else f" L{int(L)}") + ("" if pd.isna(h) else f"H{int(h)}")
+            for c, L, h, p in zip(df.component, df.layer, df["head"], params, strict=True)]
+
+
 def weight_bars(t: Tables) -> Figure | None:
     df = t.get("weight_diff")
     if df is None or df.empty:
         return None
     df = df.copy()
-    df["label"] = [c + ("" if pd.isna(L) else f" L{int(L)}") + ("" if pd.isna(h) else f"H{int(h)}")
-                   for c, L, h in zip(df.component, df.layer, df["head"], strict=True)]
+    df["label"] = weight_labels(df)
     top = df.nlargest(20, "rel_change")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.barh(top.label[::-1], top.rel_change[::-1], color="#8172b3")
@@ -485,7 +493,8 @@ def direction_lines(t: Tables) -> Figure | None:
     by = {m: g.sort_values("layer") for m, g in df.groupby("method")}
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     styles = {"full_difference": ("s--", "#4c72b0", "full activation difference"),
-              "fitted_direction": ("o-", "#da8bc3", "along the fitted direction (held out)")}
+              "fitted_direction": ("o-", "#da8bc3", "along the fitted direction" + (
+                  " (held out)" if "held_out" not in df or df.held_out.astype(bool).all() else " (in-sample)"))}
     for method, (fmt, color, label) in styles.items():
         if method in by:
             ax.plot(by[method].layer, by[method].recovery, fmt, color=color, label=label)

@@ -13,17 +13,6 @@ from rlhf_interp.report.numbers import with_ci
 Tables = dict[str, pd.DataFrame]
 
 
-def _fmt_cell(r: Any, keys: tuple[str, ...]) -> str:
-    parts = []
-    for k in keys:
-        v = r[k]
-        if pd.isna(v):
-            continue
-        parts.append({"layer": "L", "head": "H", "pos": "pos "}.get(k, "") + (str(int(v)) if k != "component"
-                                                                                 and k != "token" else str(v)))
-    return " ".join(parts)
-
-
 def compare_findings(t: Tables, summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for part in (_metric, _behaviour, _patching, _dla_and_weights, _readout_and_direction, _diffing, _crosscoder,
@@ -151,7 +140,8 @@ def _dla_and_weights(t: Tables, summary: dict[str, Any]) -> list[str]:
         if len(act) and {"delta", "delta_readout"} <= set(total.index) and total["delta"] != 0:
             out.append(f"Direct logit attribution (`dla_layers`): of {what} {total['delta']:+.3f}, "
                        f"{total['delta_readout']:+.3f} ({total['delta_readout'] / total['delta']:.0%}) is the "
-                       f"read-out (final-norm scale, gain and unembedding applied to fixed activations) and "
+                       f"read-out (final-norm gain and bias and the unembedding, applied to fixed activations; the "
+                       f"norm's per-prompt scale goes with the activations) and "
                        f"{total['delta_activation']:+.3f} the components' own activations (midpoint split).")
             r = act.loc[act.attribution.abs().idxmax()]
             where = r.component + ("" if pd.isna(r.layer) else str(int(r.layer)))
@@ -166,9 +156,11 @@ def _dla_and_weights(t: Tables, summary: dict[str, Any]) -> list[str]:
         out.append("Attribution patching correlates with exact patching at " + " and ".join(parts) + ".")
     wd = t.get("weight_diff")
     if wd is not None and len(wd):
+        from rlhf_interp.report.figures import weight_labels
+
         top = wd.nlargest(3, "rel_change")
-        cells = ", ".join(_fmt_cell(r, ("component", "layer", "head")) + f" ({r.rel_change:.1%})"
-                          for _, r in top.iterrows())
+        cells = ", ".join(f"{label} ({r.rel_change:.1%})" for label, (_, r) in zip(weight_labels(top), top.iterrows(),
+                                                                                   strict=True))
         out.append(f"Largest relative weight changes: {cells}.")
     return out
 
@@ -198,8 +190,9 @@ def _readout_and_direction(t: Tables, summary: dict[str, Any]) -> list[str]:
             rand = at.loc["random_direction"] if "random_direction" in at.index else None
             tail = (f", random directions moved by the same amounts {rand.recovery:+.1%} ± {rand.recovery_sd:.1%} "
                     f"(sd over {int(rand.n_draws)} draws)" if rand is not None else "")
+            held = "held out" if bool(r.get("held_out", True)) else "in-sample: too few prompts to hold out"
             out.append(f"Patching base along the mean residual change at the metric position (`direction`, layer "
-                       f"{int(r.layer)}, held out) recovers {r.recovery:+.1%} of the gap; the full difference there "
+                       f"{int(r.layer)}, {held}) recovers {r.recovery:+.1%} of the gap; the full difference there "
                        f"{at.loc['full_difference'].recovery:+.1%}{tail}. Its cosine with the metric read-out is "
                        f"{r.cosine_readout:.2f}.")
     return out
@@ -265,7 +258,10 @@ def _trajectory(t: Tables, summary: dict[str, Any]) -> list[str]:
         parts.append(text)
     kl = series(df, "kl_per_sequence")
     if len(kl) > 1:
-        parts.append(f"KL(snapshot ‖ base) on the eval prompts {sig(kl.iloc[-1], 3, sign=False)} nats per sequence "
+        kl_rows = df[df.quantity == "kl_per_sequence"]
+        on = "the compare prompts (the run has no prompts_eval.txt)" if (kl_rows.component == "compare_prompts").any() \
+            else "the eval prompts"
+        parts.append(f"KL(snapshot ‖ base) on {on} {sig(kl.iloc[-1], 3, sign=False)} nats per sequence "
                      f"at the end ({when(kl)})")
     adl = df[df.quantity == "adl_rel_norm"]
     if len(adl):
@@ -283,7 +279,7 @@ def _trajectory(t: Tables, summary: dict[str, Any]) -> list[str]:
                                                                               component="total")
     if len(act) and len(read):
         out.append(f"At step {int(act.index[-1])} the gap is {sig(act.iloc[-1], 3)} from the components' own outputs "
-                   f"and {sig(read.iloc[-1], 3)} from the read-out (final-norm scale, gain, unembedding).")
+                   f"and {sig(read.iloc[-1], 3)} from the read-out (final-norm gain and bias, unembedding).")
     return out
 
 
