@@ -107,9 +107,10 @@ def test_planted_growth_is_monotone_and_last_point_is_the_plain_compare(planted_
     assert gap[0] == 0.0 and _monotone(gap) and gap[6] > 0.5
     act = _series(df, "dla_delta_activation", component="mlp", layer=LAYER)
     assert act[0] == 0.0 and _monotone(act)
-    for L in range(LAYER):  # upstream of the plant nothing moves
+    for L in range(LAYER):  # upstream of the plant no output moves; their DLA activation part is only the final
+        # norm's rescaling (the scale goes with the activations, dla.py), small beside the planted layer's
         assert _series(df, "adl_norm", layer=L).abs().max() == 0.0
-        assert _series(df, "dla_delta_activation", component="mlp", layer=L).abs().max() == 0.0
+        assert _series(df, "dla_delta_activation", component="mlp", layer=L).abs().max() < 0.02 * act[6]
     adl_at = _series(df, "adl_norm", layer=LAYER)
     assert _monotone(adl_at)
     np.testing.assert_allclose(adl_at / adl_at[6], np.array(STEPS) / 6, atol=1e-5)  # linear in the step there
