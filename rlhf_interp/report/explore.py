@@ -37,10 +37,9 @@ def _grid(df: pd.DataFrame, value: str, title: str, percent: bool, diverging: bo
 
 
 def _heatmaps(t: Tables) -> list[dict[str, Any]]:
-    from rlhf_interp.report.figures import _gap
+    from rlhf_interp.report.figures import gap_floor
 
-    gap = _gap(t)
-    units = 0.05 * abs(gap) if math.isfinite(gap) else 0.0  # metric-unit grids: at least ±5% of the gap, as the PNGs
+    units = gap_floor(t)  # metric-unit grids: at least ±5% of the gap, as the PNGs
     out = []
     if (df := t.get("patching_heads")) is not None and len(df):
         out.append(_grid(df[df.direction == "tuned_to_base"], "effect",

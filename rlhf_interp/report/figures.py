@@ -52,6 +52,18 @@ def _gap(t: Tables) -> float:
     return float(row.metric.iloc[0]) if len(row) else float("nan")
 
 
+def gap_floor(t: Tables, share: float = 0.05) -> float:
+    """The narrowest colour scale for a grid in metric units: `share` of the |gap| (0 when the gap is unknown), so
+    values far below what matters stay pale instead of saturating."""
+    gap = _gap(t)
+    return share * abs(gap) if np.isfinite(gap) else 0.0
+
+
+def _component_labels(df: pd.DataFrame) -> list[str]:
+    """"mlp3", "attn0", "embed": a dla_layers row's component with its layer."""
+    return [c if pd.isna(L) else f"{c}{int(L)}" for c, L in zip(df.component, df.layer, strict=True)]
+
+
 def _heatmaps(panels: list[tuple[str, pd.DataFrame]], *, nrows: int = 1, floor: float = 0.0, percent: bool = False,
               diverging: bool = True, label: str = "", figsize: tuple[float, float] = (10, 3.6),
               xlabel: str = "head", ylabel: str = "layer", xticklabels: list[str] | None = None,
@@ -200,7 +212,7 @@ def _dla_parts(dl: pd.DataFrame, top: int = 6) -> pd.DataFrame | None:
     if not {"delta_readout", "delta_activation", "delta"} <= set(total.index):
         return None
     act = comps[comps.model == "delta_activation"].copy()
-    act["label"] = [c if pd.isna(L) else f"{c}{int(L)}" for c, L in zip(act.component, act.layer, strict=True)]
+    act["label"] = _component_labels(act)
     act = act.reindex(act.attribution.abs().sort_values(ascending=False).index)
     rows = [("read-out change (all components)", float(total["delta_readout"]))]
     rows += [(f"{lab}: own activation", float(v)) for lab, v in zip(act.label[:top], act.attribution[:top],
@@ -326,7 +338,7 @@ def dla_layer_bars(t: Tables) -> Figure | None:
     if df is None or df.empty:
         return None
     df = df[df.component.isin(["embed", "pos_embed", "attn", "mlp"])].copy()
-    df["label"] = [c if pd.isna(L) else f"{c}{int(L)}" for c, L in zip(df.component, df.layer, strict=True)]
+    df["label"] = _component_labels(df)
     fig, ax = plt.subplots(figsize=(9, 3.4))
     sns.barplot(df, x="label", y="attribution", hue="model", palette=COLORS, ax=ax)
     ax.axhline(0, color="grey", lw=0.8)
@@ -349,13 +361,12 @@ def dla_head_heatmaps(t: Tables) -> Figure | None:
     df = t.get("dla_heads")
     if df is None or df.empty:
         return None
-    gap = _gap(t)
     titles = {"base": "base", "tuned": "tuned", "delta_activation": "Δ: the head's own output (fixed read-out)",
               "delta_readout": "Δ: the read-out's change"}
     models = [m for m in titles if m in set(df.model)]
     panels = [(titles[m], df[df.model == m].pivot(index="layer", columns="head", values="attribution"))
               for m in models]
-    fig = _heatmaps(panels, floor=0.05 * abs(gap) if np.isfinite(gap) else 0.0, label="attribution (metric units)",
+    fig = _heatmaps(panels, floor=gap_floor(t), label="attribution (metric units)",
                     figsize=(4.2 * len(panels), 3.6))
     return _png(fig), ("Direct logit attribution per attention head (rows: layers, columns: heads; per query head "
                        "under grouped-query attention), in metric units, one colour scale for all panels (at least "
@@ -369,12 +380,11 @@ def ablation_heatmaps(t: Tables) -> Figure | None:
     if df is None or df.empty:
         return None
     heads = df[(df.component == "head") & (df.kind == "mean")]
-    gap = _gap(t)
     panels = [(f"{model}: mean-ablate head", heads[heads.model == model].pivot(index="layer", columns="head",
                                                                               values="effect"))
               for model in ("base", "tuned")]
     spans = [_ci_span(heads[heads.model == model], "layer", "head") for model in ("base", "tuned")]
-    fig = _heatmaps(panels, floor=0.05 * abs(gap) if np.isfinite(gap) else 0.0, label="Δ metric", spans=spans)
+    fig = _heatmaps(panels, floor=gap_floor(t), label="Δ metric", spans=spans)
     top = "; ".join(f"{model}: " + _top_with_ci(heads[heads.model == model], _head_label, False)
                     for model in ("base", "tuned") if len(heads[heads.model == model]))
     how = (str(heads.baseline.iloc[0]) if "baseline" in heads and len(heads) else "the mean activation")
