@@ -1,13 +1,17 @@
 """PPO training speed: `rlhf-interp train` vs TRL 1.12's legacy `PPOTrainer` on the same model, reward model, batch,
 response length, PPO epochs and minibatches, on CPU. Episodes per second, interleaved rounds, median ratio.
 
-    python bench/ppo_vs_trl.py [--rounds 3] [--threads 0 (auto)] [--episodes 256]
+    python bench/ppo_vs_trl.py [--model embedded|smollm2] [--rounds 3] [--threads 0 (auto)] [--episodes N]
 
 TRL runs in a venv of its own (`bench/.trl-venv`, created on first use: `torch==2.13.0` then `trl==1.12.0`), so the
 project's environment stays clean. Both sides get:
-    policy        the embedded model (GPT-2, 4 layers x 128 wide, vocabulary 1,024)
-    reward model  a seeded random `GPT2ForSequenceClassification` (num_labels=1) on the policy's tokenizer; ours uses
-                  it as `classifier:DIR` (raw logit of prompt + response), TRL as its reward model; TRL also needs a
+    policy        `--model embedded` (default): the embedded model (GPT-2, 4 layers x 128 wide, vocabulary 1,024);
+                  `--model smollm2`: the real SmolLM2-135M (Llama, 30 layers x 576, vocabulary 49,152), fully
+                  fine-tuned on both sides (no LoRA), its tokenizer saved with PAD = `<|im_start|>` (the shipped one
+                  has PAD = EOS, which TRL would mask as padding)
+    reward model  a seeded random sequence classifier of the policy's own shape and tokenizer (num_labels=1:
+                  `GPT2ForSequenceClassification` / `LlamaForSequenceClassification`); ours uses it as
+                  `classifier:DIR` (raw logit of prompt + response), TRL as its reward model; TRL also needs a
                   separate value model, initialised from the same weights (its usual recipe)
     batch 16 episodes per update, 2 minibatches, 4 PPO epochs (8 optimizer steps per update), response length 32,
     temperature 0.7, no EOS truncation on TRL's side (every response full length), `--episodes` episodes in all.
@@ -95,22 +99,24 @@ def ensure_trl_venv() -> Path:
     return python
 
 
-def build_models(root: Path) -> None:
+def build_models(root: Path, model: str) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from rlhf_interp.models import EMBEDDED_DIR
+    from rlhf_interp.models import load_causal_lm
     from rlhf_interp.prompts import default_prompts
 
-    tok = AutoTokenizer.from_pretrained(EMBEDDED_DIR)
-    policy = AutoModelForCausalLM.from_pretrained(EMBEDDED_DIR)
-    policy.save_pretrained(root / "policy")
+    policy, tok = load_causal_lm(model)
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        tok.pad_token = "<|im_start|>"  # SmolLM2: a special token plain-text prompts and responses never hold
+        policy.config.pad_token_id = policy.generation_config.pad_token_id = tok.pad_token_id
+    policy.save_pretrained(root / "policy", safe_serialization=True)
     tok.save_pretrained(root / "policy")
     config = {k: v for k, v in policy.config.to_dict().items() if k not in ("id2label", "label2id")}
+    config.update(num_labels=1, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    reward = GPT2ForSequenceClassification(GPT2Config(**{**config, "num_labels": 1,
-                                                         "pad_token_id": tok.pad_token_id}))
-    reward.save_pretrained(root / "reward")
+    reward = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(**config))
+    reward.save_pretrained(root / "reward", safe_serialization=True)
     tok.save_pretrained(root / "reward")
     (root / "prompts.txt").write_text("\n".join(default_prompts(tok)) + "\n")
 
@@ -129,7 +135,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="0: 1 unless 2 threads are clearly faster right now")
-    ap.add_argument("--episodes", type=int, default=256)
+    ap.add_argument("--model", choices=["embedded", "smollm2"], default="embedded")
+    ap.add_argument("--episodes", type=int, default=0, help="0: 256 (embedded), 64 (smollm2)")
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--models", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -145,6 +152,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from common import gflops, machine
 
+    args.episodes = args.episodes or (256 if args.model == "embedded" else 64)
     python = ensure_trl_venv()
     g1, g2 = gflops(1), gflops(2)
     threads = args.threads or (2 if g2 > 1.5 * g1 else 1)
@@ -153,7 +161,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ppo-vs-trl-") as tmp:
         root = Path(tmp)
-        build_models(root)
+        build_models(root, args.model)
         for r in range(args.rounds):  # interleaved: ours, TRL, ours, TRL ...
             ours = run_side(sys.executable, "ours", root, args.episodes, threads, root / f"ours{r}")
             trl = run_side(str(python), "trl", root, args.episodes, threads, root / f"trl{r}")
@@ -168,9 +176,10 @@ def main() -> None:
     print(f"after: matmul {g1b:.1f} GFLOP/s (1 thread), {g2b:.1f} (2 threads)")
     med = {k: statistics.median(row[k] for row in rows) for k in ("ours", "trl", "ratio")}
     print(f"medians over {len(rows)} rounds: ours {med['ours']:.1f} episodes/s, TRL {med['trl']:.1f} episodes/s "
-          f"({args.episodes} episodes, batch {BATCH}, {MINIBATCHES} minibatches, {EPOCHS} epochs, response {RESPONSE}, "
-          f"{threads} thread(s))")
-    print(f"ppo_vs_trl: ratio {med['ratio']:.2f} (goal ≥ 2)")
+          f"({args.model}, {args.episodes} episodes, batch {BATCH}, {MINIBATCHES} minibatches, {EPOCHS} epochs, "
+          f"response {RESPONSE}, {threads} thread(s))")
+    label = "ppo_vs_trl" if args.model == "embedded" else f"ppo_vs_trl[{args.model}]"
+    print(f"{label}: ratio {med['ratio']:.2f} (goal ≥ 2)")
 
 
 if __name__ == "__main__":
