@@ -5,7 +5,9 @@ a cell changes the residual stream from one (layer, stage, position) on, and eve
 `FusedForward` reads the bridge's own weights (views of its parameters, no copies) and runs
 
     clean(tokens)                  every layer's resid_pre / resid_mid, z, keys and values, once
-    run(layer, stage, x, start)    blocks from `layer` on, for positions start.. only: the keys and values of the
+    run(entries, stream, start)    patched streams entering at several (layer, stage) points, staggered in one
+                                   pass (a block runs once for every stream that has entered by then), for
+                                   positions start.. only: the keys and values of the
                                    positions before `start` are unchanged, so they come from the clean run;
                                    the last block's attention queries and MLP run only at the positions read out
                                    (and, from position 0 with learned positions, without forming its keys and values);
@@ -38,6 +40,7 @@ import math
 import warnings
 import weakref
 from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -262,26 +265,57 @@ class FusedForward:
         return c
 
     @torch.no_grad()
-    def run(self, layer: int, stage: str, x: Tensor, start: int, clean: Clean, keep: int,
-            columns: list[int] | None = None) -> Tensor:
-        """Logits (rows, keep, vocab or len(columns)) at the last `keep` positions, continuing from the residual `x`
-        (rows, p - start, d) at positions start.. of (layer, stage); rows = copies × clean batch, copy-major."""
-        copies = x.shape[0] // clean.tokens.shape[0]
-        for i in range(layer, self.n_layers):
+    def run(self, entries: Sequence[tuple[int, str]], stream: Callable[[int], Tensor], start: int, clean: Clean,
+            keep: int, columns: list[int] | None = None) -> Tensor:
+        """Logits (rows, keep, vocab or len(columns)) at the last `keep` positions for several patched streams at
+        once; rows = len(entries) × clean batch, in the order of `entries`. Stream j enters at `entries[j]` = (layer,
+        stage), sorted by layer and, within a layer, "pre" before "mid" ((n_layers, "pre"): the final residual);
+        `stream(j)` is its residual (batch,
+        p - start, d) at positions start.. there, built when the run reaches it. The runs are staggered: the batch
+        grows as streams enter, so every stream is computed from its own entry point on, and each block runs once
+        for all the streams in flight (large matrix products instead of one small forward per entry point)."""
+        order = [(layer, 0 if stage == "pre" else 1) for layer, stage in entries]
+        if order != sorted(order):
+            raise ValueError("entries must be sorted by layer, then stage (pre before mid)")
+        batch, n = clean.tokens.shape[0], clean.tokens.shape[1] - start
+        x: Tensor | None = None
+        j = 0
+        for i in range(order[0][0], self.n_layers):
             w = self.layers[i]
-            last = i == self.n_layers - 1
-            n_query = min(keep, x.shape[1]) if last else x.shape[1]  # the last block: only positions read out
-            if (i > layer or stage == "pre") and last and start == 0 and n_query < x.shape[1] and self.keyless:
-                x = x[:, x.shape[1] - n_query:] + self._attention_readout(w, x, n_query)
-            elif i > layer or stage == "pre":
-                past = None
-                if start > 0:  # positions before `start` are unchanged: their keys and values are the clean ones
-                    past = tuple(t[i][:, :start].repeat(copies, 1, 1, 1) for t in (clean.k, clean.v))
-                attn, *_ = self._attention(w, x, start, past, n_query)
-                x = x[:, x.shape[1] - n_query:] + attn
-            else:
-                x = x[:, x.shape[1] - n_query:]
+            n_query = min(keep, n) if i == self.n_layers - 1 else n  # the last block: only positions read out
+            new = []
+            while j < len(order) and order[j] == (i, 0):
+                new.append(stream(j))
+                j += 1
+            if new:
+                x = torch.cat([t for t in (x, *new) if t is not None])
+            if x is not None:
+                if i == self.n_layers - 1 and start == 0 and n_query < n and self.keyless:
+                    x = x[:, n - n_query:] + self._attention_readout(w, x, n_query)
+                else:
+                    past = None
+                    if start > 0:  # positions before `start` are unchanged: their keys and values are the clean ones
+                        copies = x.shape[0] // batch
+                        past = tuple(t[i][:, :start].repeat(copies, 1, 1, 1) for t in (clean.k, clean.v))
+                    attn, *_ = self._attention(w, x, start, past, n_query)
+                    x = x[:, n - n_query:] + attn
+            new = []
+            while j < len(order) and order[j] == (i, 1):  # entering after the attention: the attention is skipped
+                new.append(stream(j)[:, n - n_query:])
+                j += 1
+            if new:
+                x = torch.cat([t for t in (x, *new) if t is not None])
+            assert x is not None
             x = x + self._mlp(w, x)
+        new = []
+        while j < len(order) and order[j] == (self.n_layers, 0):  # the final residual (the last MLP's output)
+            new.append(stream(j)[:, n - keep:])
+            j += 1
+        if new:
+            x = torch.cat([t[:, t.shape[1] - keep:] for t in (x, *new) if t is not None])
+        if j != len(order):
+            raise ValueError(f"entry {entries[j]} is past the last layer")
+        assert x is not None
         return self.unembed(x[:, x.shape[1] - keep:], columns)
 
     @torch.no_grad()

@@ -17,10 +17,11 @@ the sweep runs on `FusedGPT2` (analysis/fused.py: the receiver's own weights as 
 the bridge's forward once per model and state of its weights): (1) each cell's forward starts where its patch enters
 the residual stream, from the receiver's clean run (nothing upstream changes); (2) only positions from the patched
 one on are recomputed, with the clean keys and values of the earlier ones; (3) the last block runs only at the
-positions the metric reads, and the unembedding only for the vocabulary columns it reads; (4) cells entering at the
-same place share one forward (`cells_per_forward` copies of the prompts). Other architectures, cells the engine does
-not cover, or a failed check use hooked full forwards (`cells_per_forward` cells per forward, each hook writing its
-own copy's rows). Tests check both against `transformer_lens.patching` and each other to 1e-4.
+positions the metric reads, and the unembedding only for the vocabulary columns it reads; (4) cells that change the
+same first position share one staggered pass: a cell's copy of the prompts joins the batch at the block where its
+patch enters, so each block runs once for all the cells in flight (up to `FUSED_TOKENS` token rows). Other
+architectures, cells the engine does not cover, or a failed check use hooked full forwards (`cells_per_forward` cells
+per forward, each hook writing its own copy's rows). Tests check both against `transformer_lens.patching` and each other to 1e-4.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ LAYER_COMPONENTS = {"resid_pre": "blocks.{L}.hook_resid_pre", "attn_out": "block
                     "mlp_out": "blocks.{L}.hook_mlp_out"}
 HEAD_HOOK = "blocks.{L}.attn.hook_z"
 MAX_ROWS = 1024  # rows (patched copies × token rows) per forward at most
+FUSED_TOKENS = 16384  # fused sweeps: token rows (patched copies × prompts × positions) per block at most
+FUSED_LOGITS = 1 << 24  # and logit entries (copies × rows × positions read × vocabulary columns) at most
 
 
 @dataclass(frozen=True)
@@ -181,29 +184,29 @@ def _patched_stream(engine: FusedGPT2, clean: Clean, cell: Cell, source: Tensor)
 
 def _fused_sweep(engine: FusedGPT2, clean: Clean, sources: Any, cells: Sequence[Cell],
                  metric: Callable[[Tensor], Tensor], cells_per_forward: int) -> Tensor:
-    """Cells grouped by where they enter (layer, stage) and sorted by first changed position; a chunk shares one
-    start position (its smallest, and no later than the first position the metric reads), and grows while that
-    wastes at most a quarter of its work. Patched streams are built one chunk at a time. Per-prompt metrics
-    (n_cells, prompts)."""
+    """Cells grouped by the first position they change (no later than the first position the metric reads: those
+    must be computed), each group run staggered (`FusedForward.run`: a cell's rows join the batch where its patch
+    enters), in chunks of at least `cells_per_forward` cells and up to `FUSED_TOKENS` token rows per block. Patched
+    streams are built when the run reaches them. Per-prompt metrics (n_cells, prompts)."""
     batch, n_pos = clean.tokens.shape
     keep = min(metric_positions(metric), n_pos)
     columns = getattr(metric, "vocab_ids", None)
     entries = [_entry(c) for c in cells]
-    start = [min(first, n_pos - keep) for _, _, first in entries]  # the read-out positions must be computed
-    groups: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for i, (layer, stage, _) in enumerate(entries):
-        groups[(layer, stage)].append(i)
+    by_start: dict[int, list[int]] = defaultdict(list)
+    for i, (_, _, first) in enumerate(entries):
+        by_start[min(first, n_pos - keep)].append(i)
+    width = len(columns) if columns is not None else int(engine.W_U.shape[-1])
     out = torch.empty(len(cells), batch // rows_per_prompt(metric))
-    for (layer, stage), idx in groups.items():
-        idx.sort(key=lambda i: start[i])
-        while idx:
-            s0 = start[idx[0]]
-            chunk = [idx.pop(0)]
-            while idx and len(chunk) < cells_per_forward and \
-                    (len(chunk) + 1) * (n_pos - s0) <= 1.25 * sum(n_pos - start[i] for i in [*chunk, idx[0]]):
-                chunk.append(idx.pop(0))
-            x = torch.cat([_patched_stream(engine, clean, cells[i], sources[cells[i].key])[:, s0:] for i in chunk])
-            logits = engine.run(layer, stage, x, s0, clean, keep, columns)  # x: (cells · batch, pos − s0, d_model)
+    for s0, idx in by_start.items():
+        idx.sort(key=lambda i: (entries[i][0], entries[i][1] != "pre"))
+        rows = batch * (n_pos - s0)  # token rows of one cell; its logits: batch × keep × width
+        per = max(cells_per_forward, min(FUSED_TOKENS // rows, FUSED_LOGITS // (batch * keep * width)))
+        for c0 in range(0, len(idx), per):
+            chunk = idx[c0 : c0 + per]
+            logits = engine.run([entries[i][:2] for i in chunk],
+                                lambda j, chunk=chunk: _patched_stream(engine, clean, cells[chunk[j]],
+                                                                       sources[cells[chunk[j]].key])[:, s0:],
+                                s0, clean, keep, columns)  # (cells · batch, keep, width)
             values = (metric.on_columns(logits) if columns is not None else metric(logits)).view(len(chunk), -1)
             out[chunk] = values.cpu()
     return out
