@@ -60,6 +60,32 @@ def test_patching_along_it_recovers_the_gap_and_random_does_not(planted_pair):
     assert math.isnan(df.loc[(0, "fitted_direction")].recovery)
 
 
+def test_recovery_equals_hooked_forwards_adding_the_difference(planted_pair):
+    """full_difference at every layer against plain hooked forwards: x_tuned − x_base added at hook_resid_post[L],
+    last position, in the base model (what the fused engine computes from layer L + 1 on at that position only)."""
+    pair, _, _ = planted_pair
+    df = direction(pair, seed=0).set_index(["layer", "method"])
+    names = [f"blocks.{L}.hook_resid_post" for L in range(pair.n_layers)]
+    base_m = tuned_m = 0.0
+    patched = [0.0] * pair.n_layers
+    for _, tokens in pair.groups:
+        _, cb = pair.base.run_with_cache(tokens)
+        _, ct = pair.tuned.run_with_cache(tokens)
+        base_m += pair.metric(pair.base(tokens)).sum().item()
+        tuned_m += pair.metric(pair.tuned(tokens)).sum().item()
+        for L, name in enumerate(names):
+            delta = ct[name][:, -1] - cb[name][:, -1]
+
+            def add(act, hook=None, delta=delta):
+                act[:, -1] = act[:, -1] + delta
+                return act
+
+            patched[L] += pair.metric(pair.base.run_with_hooks(tokens, fwd_hooks=[(name, add)])).sum().item()
+    for L in range(pair.n_layers):
+        ref = (patched[L] - base_m) / (tuned_m - base_m)
+        assert df.loc[(L, "full_difference")].recovery == pytest.approx(ref, abs=1e-4)
+
+
 def test_findings_name_the_baselines_and_the_readout_change():
     import pandas as pd
 

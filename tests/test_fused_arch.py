@@ -84,6 +84,10 @@ def _every_kind_of_cell(n_pos: int) -> list[Cell]:
     cells += [Cell(HEAD_HOOK, L) for L in range(N_LAYERS)]  # every head of the layer at once
     cells += [Cell(LAYER_COMPONENTS["attn_out"], L, head=h, pos=p, op="add") for L in range(N_LAYERS)
               for h in (0, 3) for p in (None, n_pos - 1)]
+    # additions to mlp_out (= resid_post: `direction`), the last layer's included (it enters at the final residual),
+    # two copies at one place (distinct sources)
+    cells += [Cell(LAYER_COMPONENTS["mlp_out"], L, pos=p, op="add", copy=c) for L in range(N_LAYERS)
+              for p in (None, n_pos - 1) for c in (0, 1)]
     return cells
 
 

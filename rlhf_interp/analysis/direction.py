@@ -17,7 +17,9 @@ forward over the prompt + word rows), on every prompt:
   `recovery_sd` their standard deviation. A direction that matters recovers far more than the random ones.
 
 Patching runs base with the change added at those positions (tuned_to_base); `recovery` is the normalised fraction
-of the gap, (metric_patched − metric_base) / (metric_tuned − metric_base), over all prompts.
+of the gap, (metric_patched − metric_base) / (metric_tuned − metric_base), over all prompts. The patched forwards run
+on the patching engine (analysis/patching.py): on the models its fused forward covers, only the positions read are
+recomputed from layer L + 1 on, every layer's copies in one staggered pass; elsewhere hooked full forwards.
 """
 
 from __future__ import annotations
@@ -30,11 +32,19 @@ from torch import Tensor
 
 from rlhf_interp.analysis.arch import adapter_for
 from rlhf_interp.analysis.pair import ModelPair
-from rlhf_interp.analysis.patching import MAX_ROWS, metric_positions, rows_per_prompt, run_cache
+from rlhf_interp.analysis.patching import (
+    LAYER_COMPONENTS,
+    Cell,
+    metric_positions,
+    patch_sweep,
+    rows_per_prompt,
+    run_cache,
+)
 from rlhf_interp.analysis.resid import unembed_direction
 
 N_RANDOM = 32
 RESID = "blocks.{L}.hook_resid_post"
+MLP_OUT = LAYER_COMPONENTS["mlp_out"]
 
 
 def _span(pair: ModelPair, tokens: Tensor, k: int) -> slice:
@@ -72,27 +82,43 @@ def fit_directions(diffs: list[Tensor], prompts: list[Tensor] | None = None) -> 
     return torch.stack([_unit(m) for m in mean])
 
 
+class _Added:
+    """The sources of `_patched_metrics`' cells, built when the sweep reads them: key -> (rows, pos, d), zero except
+    at the positions `at`, which hold one copy's delta (one row per prompt, repeated over its `rows` token rows)."""
+
+    def __init__(self, shape: tuple[int, ...], at: slice, rows: int, dtype: torch.dtype) -> None:
+        self.shape, self.at, self.rows, self.dtype = shape, at, rows, dtype
+        self.deltas: dict[str, Tensor] = {}
+
+    def __getitem__(self, key: str) -> Tensor:
+        out = torch.zeros(self.shape, dtype=self.dtype, device=self.deltas[key].device)
+        out[:, self.at] = self.deltas[key].repeat_interleave(self.rows, 0).to(self.dtype)
+        return out
+
+
 @torch.no_grad()
-def _patched_metric(pair: ModelPair, layer: int, deltas: list[Tensor], chunk: int) -> Tensor:
-    """Mean metric over all prompts with deltas[g][c] (batch, k, d) added at resid_post[layer], last k positions, of
-    group g, for every copy c: (copies,). `chunk` copies of a group share one forward."""
-    name = RESID.format(L=layer)
-    copies = deltas[0].shape[0]
-    total = torch.zeros(copies)
-    for (idx, tokens), delta in zip(pair.groups, deltas, strict=True):
-        k, at = delta.shape[2], _span(pair, tokens, delta.shape[2])
-        step = max(1, min(chunk, MAX_ROWS // tokens.shape[0]))  # logprob_diff: n · W rows per copy
-        for s in range(0, copies, step):
-            part = delta[s : s + step]  # (c, batch, k, d)
-            flat = part.reshape(-1, k, part.shape[-1]).repeat_interleave(rows_per_prompt(pair.metric), 0)
-
-            def add(act: Tensor, hook: Any = None, flat: Tensor = flat, at: slice = at) -> Tensor:
-                act[:, at] = act[:, at] + flat.to(act.dtype)
-                return act
-
-            logits = pair.base.run_with_hooks(tokens.repeat(part.shape[0], 1), fwd_hooks=[(name, add)])
-            total[s : s + part.shape[0]] += pair.metric(logits).float().view(part.shape[0], len(idx)).sum(1).cpu()
-    return total / len(pair.prompts)
+def _patched_metrics(pair: ModelPair, deltas: dict[int, list[Tensor]], chunk: int) -> dict[int, Tensor]:
+    """Mean metric over all prompts, per layer L and copy c, with deltas[L][g][c] (batch, k, d) added at
+    resid_post[L], last k positions, of group g: {L: (copies,)}. resid_post[L] = resid_mid[L] + mlp_out[L], so the
+    delta is added to hook_mlp_out (which every layer has, the last included) through the patching engine: on models
+    it covers only the positions read are recomputed, from layer L + 1 on (their keys and values are the only ones
+    that change); elsewhere hooked forwards, `chunk` copies per forward."""
+    totals = {L: torch.zeros(per_group[0].shape[0]) for L, per_group in deltas.items()}
+    dtype = pair.base.W_E.dtype
+    for g, (_, tokens) in enumerate(pair.groups):
+        k = next(iter(deltas.values()))[g].shape[2]
+        at = _span(pair, tokens, k)
+        sources = _Added((*tokens.shape, pair.base.cfg.d_model), at, rows_per_prompt(pair.metric), dtype)
+        cells = []
+        for L, per_group in deltas.items():
+            for c in range(per_group[g].shape[0]):
+                cell = Cell(MLP_OUT, L, pos=at.start if k == 1 else None, op="add", copy=c)
+                sources.deltas[cell.key] = per_group[g][c]
+                cells.append(cell)
+        values = patch_sweep(pair.base, sources, tokens, cells, pair.metric, chunk, per_prompt=True).sum(1)
+        for i, cell in enumerate(cells):
+            totals[cell.layer][cell.copy] += values[i].item()
+    return {L: t / len(pair.prompts) for L, t in totals.items()}
 
 
 def _folds(pair: ModelPair, gen: torch.Generator) -> tuple[list[list[Tensor]], bool]:
@@ -129,13 +155,14 @@ def direction(pair: ModelPair, seed: int = 0, n_random: int = N_RANDOM, chunk: i
     rows: list[dict[str, Any]] = []
     d_model = diffs[0].shape[-1]
     nan = float("nan")
+    deltas_of: dict[int, list[Tensor]] = {}  # per layer, per group: (copies, batch, k, d), patched after the loop
     for L in range(pair.n_layers):
         common = {"layer": L, "positions": k, "n_prompts": len(pair.prompts), "held_out": held_out}
         full = [d[L] for d in diffs]  # (batch, k, d) per group
         diff_norm = torch.cat([f.norm(dim=-1).flatten() for f in full]).mean().item()
         if u_all[L].isnan().any():  # no mean change at this layer: no direction to fit
-            rec = recovery(_patched_metric(pair, L, [f.unsqueeze(0) for f in full], chunk))
-            rows.append({**common, "method": "full_difference", "recovery": rec.item(), "recovery_sd": nan,
+            deltas_of[L] = [f.unsqueeze(0) for f in full]
+            rows.append({**common, "method": "full_difference", "recovery": (L, 0), "recovery_sd": nan,
                          "n_draws": 0, "cosine_readout": nan, "share_along": 1.0, "patch_norm": diff_norm,
                          "diff_norm": diff_norm})
             for method in ("fitted_direction", "random_direction"):
@@ -151,22 +178,29 @@ def direction(pair: ModelPair, seed: int = 0, n_random: int = N_RANDOM, chunk: i
             r = r - r.mean(-1, keepdim=True)
         r = (r / r.norm(dim=-1, keepdim=True)).to(full[0].device)
         # copies: 0 = full difference, 1 = along u, 2.. = the same amounts along random directions
-        deltas = [torch.cat([f.unsqueeze(0), (c.unsqueeze(-1) * u.unsqueeze(1)).unsqueeze(0),
-                             c[None, :, :, None] * r[:, None, None, :]])
-                  for f, c, u in zip(full, coef, u_rows, strict=True)]
-        rec = recovery(_patched_metric(pair, L, deltas, chunk))
+        deltas_of[L] = [torch.cat([f.unsqueeze(0), (c.unsqueeze(-1) * u.unsqueeze(1)).unsqueeze(0),
+                                   c[None, :, :, None] * r[:, None, None, :]])
+                        for f, c, u in zip(full, coef, u_rows, strict=True)]
         cos_ro = (torch.nn.functional.cosine_similarity(u_all[L], readout.to(u_all), dim=0).item()
                   if readout is not None else nan)
         share = (torch.cat([c.flatten() ** 2 for c in coef]).sum()
                  / torch.cat([f.pow(2).sum(-1).flatten() for f in full]).sum()).item()
         patch_norm = torch.cat([c.abs().flatten() for c in coef]).mean().item()
-        rows += [{**common, "method": "fitted_direction", "recovery": rec[1].item(), "recovery_sd": nan, "n_draws": 0,
+        rows += [{**common, "method": "fitted_direction", "recovery": (L, 1), "recovery_sd": nan, "n_draws": 0,
                   "cosine_readout": cos_ro, "share_along": share, "patch_norm": patch_norm, "diff_norm": diff_norm},
-                 {**common, "method": "full_difference", "recovery": rec[0].item(), "recovery_sd": nan, "n_draws": 0,
+                 {**common, "method": "full_difference", "recovery": (L, 0), "recovery_sd": nan, "n_draws": 0,
                   "cosine_readout": cos_ro, "share_along": 1.0, "patch_norm": diff_norm, "diff_norm": diff_norm},
-                 {**common, "method": "random_direction", "recovery": rec[2:].mean().item(),
-                  "recovery_sd": rec[2:].std().item(), "n_draws": n_random, "cosine_readout": nan,
+                 {**common, "method": "random_direction", "recovery": (L, slice(2, None)), "recovery_sd": nan,
+                  "n_draws": n_random, "cosine_readout": nan,
                   "share_along": nan, "patch_norm": patch_norm, "diff_norm": diff_norm}]
+    rec = {L: recovery(m) for L, m in _patched_metrics(pair, deltas_of, chunk).items()}
+    for row in rows:  # (layer, copy or copies) -> the recovery; over the random copies: mean and sd
+        if isinstance(row["recovery"], tuple):
+            L, sel = row["recovery"]
+            if isinstance(sel, slice):
+                row["recovery"], row["recovery_sd"] = rec[L][sel].mean().item(), rec[L][sel].std().item()
+            else:
+                row["recovery"] = rec[L][sel].item()
     cols = ["layer", "method", "recovery", "recovery_sd", "n_draws", "cosine_readout", "share_along", "patch_norm",
             "diff_norm", "positions", "n_prompts", "held_out"]
     return pd.DataFrame(rows)[cols]

@@ -39,8 +39,8 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -270,10 +270,10 @@ class FusedForward:
         """Logits (rows, keep, vocab or len(columns)) at the last `keep` positions for several patched streams at
         once; rows = len(entries) × clean batch, in the order of `entries`. Stream j enters at `entries[j]` = (layer,
         stage), sorted by layer and, within a layer, "pre" before "mid" ((n_layers, "pre"): the final residual);
-        `stream(j)` is its residual (batch,
-        p - start, d) at positions start.. there, built when the run reaches it. The runs are staggered: the batch
-        grows as streams enter, so every stream is computed from its own entry point on, and each block runs once
-        for all the streams in flight (large matrix products instead of one small forward per entry point)."""
+        `stream(j)` is its residual (batch, p - start, d) at positions start.. there, built when the run reaches
+        it. The runs are staggered: the batch grows as streams enter, so every stream is computed from its own entry
+        point on, and each block runs once for all the streams in flight (large matrix products instead of one small
+        forward per entry point)."""
         order = [(layer, 0 if stage == "pre" else 1) for layer, stage in entries]
         if order != sorted(order):
             raise ValueError("entries must be sorted by layer, then stage (pre before mid)")
@@ -283,12 +283,7 @@ class FusedForward:
         for i in range(order[0][0], self.n_layers):
             w = self.layers[i]
             n_query = min(keep, n) if i == self.n_layers - 1 else n  # the last block: only positions read out
-            new = []
-            while j < len(order) and order[j] == (i, 0):
-                new.append(stream(j))
-                j += 1
-            if new:
-                x = torch.cat([t for t in (x, *new) if t is not None])
+            x, j = _enter(x, order, j, (i, 0), stream, n)
             if x is not None:
                 if i == self.n_layers - 1 and start == 0 and n_query < n and self.keyless:
                     x = x[:, n - n_query:] + self._attention_readout(w, x, n_query)
@@ -299,20 +294,12 @@ class FusedForward:
                         past = tuple(t[i][:, :start].repeat(copies, 1, 1, 1) for t in (clean.k, clean.v))
                     attn, *_ = self._attention(w, x, start, past, n_query)
                     x = x[:, n - n_query:] + attn
-            new = []
-            while j < len(order) and order[j] == (i, 1):  # entering after the attention: the attention is skipped
-                new.append(stream(j)[:, n - n_query:])
-                j += 1
-            if new:
-                x = torch.cat([t for t in (x, *new) if t is not None])
+            x, j = _enter(x, order, j, (i, 1), stream, n_query)  # entering after the attention: skipped
             assert x is not None
             x = x + self._mlp(w, x)
-        new = []
-        while j < len(order) and order[j] == (self.n_layers, 0):  # the final residual (the last MLP's output)
-            new.append(stream(j)[:, n - keep:])
-            j += 1
-        if new:
-            x = torch.cat([t[:, t.shape[1] - keep:] for t in (x, *new) if t is not None])
+        if x is not None:
+            x = x[:, x.shape[1] - keep:]
+        x, j = _enter(x, order, j, (self.n_layers, 0), stream, keep)  # the final residual (the last MLP's output)
         if j != len(order):
             raise ValueError(f"entry {entries[j]} is past the last layer")
         assert x is not None
@@ -325,6 +312,20 @@ class FusedForward:
         ref = model(clean.tokens)
         diff = (clean.logits - ref).abs().max().item()
         return diff if diff <= tol * max(1.0, ref.abs().max().item()) else math.inf
+
+
+def _enter(x: Tensor | None, order: list[tuple[int, int]], j: int, here: tuple[int, int],
+           stream: Callable[[int], Tensor], width: int) -> tuple[Tensor | None, int]:
+    """Append to the batch `x` the streams from entry j on that enter `here` (their last `width` positions);
+    returns the batch and the next entry."""
+    new = []
+    while j < len(order) and order[j] == here:
+        t = stream(j)
+        new.append(t[:, t.shape[1] - width:])
+        j += 1
+    if new:
+        x = torch.cat(new if x is None else [x, *new])
+    return x, j
 
 
 FusedGPT2 = FusedForward  # the name from when it covered GPT-2 only

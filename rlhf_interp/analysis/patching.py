@@ -21,7 +21,8 @@ positions the metric reads, and the unembedding only for the vocabulary columns 
 same first position share one staggered pass: a cell's copy of the prompts joins the batch at the block where its
 patch enters, so each block runs once for all the cells in flight (up to `FUSED_TOKENS` token rows). Other
 architectures, cells the engine does not cover, or a failed check use hooked full forwards (`cells_per_forward` cells
-per forward, each hook writing its own copy's rows). Tests check both against `transformer_lens.patching` and each other to 1e-4.
+per forward, each hook writing its own copy's rows). Tests check both against `transformer_lens.patching` and each
+other to 1e-4.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Cell:
     head: int | None = None
     pos: int | None = None
     op: str = "replace"
+    copy: int = 0  # op "add": several cells at one place, each adding its own source (keys differ by copy)
 
     @property
     def name(self) -> str:
@@ -72,7 +74,8 @@ class Cell:
     def key(self) -> str:
         if self.op == "replace":
             return self.name
-        return f"{self.name}#head{self.head}" + (f"@{self.pos}" if self.pos is not None else "")
+        return (f"{self.name}#head{self.head}" + (f"@{self.pos}" if self.pos is not None else "")
+                + (f"~{self.copy}" if self.copy else ""))
 
 
 def _setter(rows: slice, cell: Cell, donor: Tensor) -> Callable[[Tensor], None]:
@@ -204,8 +207,8 @@ def _fused_sweep(engine: FusedGPT2, clean: Clean, sources: Any, cells: Sequence[
         for c0 in range(0, len(idx), per):
             chunk = idx[c0 : c0 + per]
             logits = engine.run([entries[i][:2] for i in chunk],
-                                lambda j, chunk=chunk: _patched_stream(engine, clean, cells[chunk[j]],
-                                                                       sources[cells[chunk[j]].key])[:, s0:],
+                                lambda j, chunk=chunk, s0=s0: _patched_stream(engine, clean, cells[chunk[j]],
+                                                                              sources[cells[chunk[j]].key])[:, s0:],
                                 s0, clean, keep, columns)  # (cells · batch, keep, width)
             values = (metric.on_columns(logits) if columns is not None else metric(logits)).view(len(chunk), -1)
             out[chunk] = values.cpu()
