@@ -174,6 +174,7 @@ def _sources(model: Any, cells: list[Cell], values: dict[str, tuple[Tensor, Tens
     """Each cell's source for `patch_sweep`: the replacement hook_z (non-additive heads), or the difference the
     ablation adds, (new z_h − z_h) W_O_h for a head, new − clean for an MLP output. `values`: name -> (new, clean)."""
     out = {}
+    W_O = model.W_O  # the bridge stacks every block's W_O on each read: once (22 ms a read on SmolLM2)
     for cell in cells:
         if cell.hook == HEAD_HOOK:
             out[cell.key] = values[cell.name][0]
@@ -184,5 +185,5 @@ def _sources(model: Any, cells: list[Cell], values: dict[str, tuple[Tensor, Tens
             continue
         new, old = values[HEAD_HOOK.format(L=cell.layer)]
         h = cell.head
-        out[cell.key] = (new[:, :, h] - old[:, :, h]) @ model.W_O[cell.layer, h]
+        out[cell.key] = (new[:, :, h] - old[:, :, h]) @ W_O[cell.layer, h]
     return out

@@ -355,11 +355,12 @@ def head_output_deltas(receiver: Any, donor: Any, tokens: Tensor, n_layers: int,
     rc = run_cache(receiver, tokens, names)
     dc = donor_cache if donor_cache is not None else run_cache(donor, tokens, names)
     out = {}
+    W_O_d, W_O_r = donor.W_O, receiver.W_O  # the bridge stacks every block's W_O on each read: once each
     for L in range(n_layers):
         z_r, z_d = rc[names[L]], dc[names[L]]  # (batch, pos, head, d_head)
         for h in range(n_heads):
             key = Cell(ATTN_OUT, L, head=h, op="add").key
-            out[key] = z_d[:, :, h] @ donor.W_O[L, h] - z_r[:, :, h] @ receiver.W_O[L, h]
+            out[key] = z_d[:, :, h] @ W_O_d[L, h] - z_r[:, :, h] @ W_O_r[L, h]
     return out
 
 
