@@ -169,13 +169,13 @@ def main() -> None:
                    "ours_wall": ours["wall"]}
             row["ratio"] = row["ours"] / row["trl"]
             rows.append(row)
-            print(f"round {r + 1}: ours {row['ours']:.1f} episodes/s ({ours['seconds']:.1f} s of updates, "
-                  f"{ours['wall']:.1f} s for the whole train() with evaluations and report), TRL {row['trl']:.1f} "
+            print(f"round {r + 1}: ours {row['ours']:.2f} episodes/s ({ours['seconds']:.1f} s of updates, "
+                  f"{ours['wall']:.1f} s for the whole train() with evaluations and report), TRL {row['trl']:.2f} "
                   f"episodes/s ({trl['seconds']:.1f} s), ratio {row['ratio']:.2f}", flush=True)
     g1b, g2b = gflops(1), gflops(2)
     print(f"after: matmul {g1b:.1f} GFLOP/s (1 thread), {g2b:.1f} (2 threads)")
     med = {k: statistics.median(row[k] for row in rows) for k in ("ours", "trl", "ratio")}
-    print(f"medians over {len(rows)} rounds: ours {med['ours']:.1f} episodes/s, TRL {med['trl']:.1f} episodes/s "
+    print(f"medians over {len(rows)} rounds: ours {med['ours']:.2f} episodes/s, TRL {med['trl']:.2f} episodes/s "
           f"({args.model}, {args.episodes} episodes, batch {BATCH}, {MINIBATCHES} minibatches, {EPOCHS} epochs, "
           f"response {RESPONSE}, {threads} thread(s))")
     label = "ppo_vs_trl" if args.model == "embedded" else f"ppo_vs_trl[{args.model}]"

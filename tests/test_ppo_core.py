@@ -109,6 +109,9 @@ def test_entropy_and_logprobs():
     logits = torch.tensor([[[0.0, 0.0, float("-inf"), float("-inf")]]])
     assert core.entropy_from_logits(logits).item() == pytest.approx(math.log(2))
     assert core.logprobs_of(logits, torch.tensor([[1]])).item() == pytest.approx(-math.log(2))
+    logp = logits.log_softmax(-1)  # what the trainer computes once for both
+    assert core.entropy_from_logprobs(logp).item() == pytest.approx(math.log(2))
+    assert core.token_logprobs(logp, torch.tensor([[3]])).item() == float("-inf")  # a filtered token
 
 
 def test_adaptive_kl_controller():

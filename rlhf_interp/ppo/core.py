@@ -58,16 +58,25 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
 # --- log-probs, entropy, KL ---------------------------------------------------------------------------------------
 def logprobs_of(logits: Tensor, tokens: Tensor) -> Tensor:
     """log p(token) under `logits` (already temperature-scaled / filtered): (batch, resp, vocab) -> (batch, resp)."""
-    return logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return token_logprobs(logits.log_softmax(-1), tokens)
+
+
+def token_logprobs(logp: Tensor, tokens: Tensor) -> Tensor:
+    """log p(token) from full log-probs (batch, resp, vocab) -> (batch, resp)."""
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the categorical distribution per position; -inf logits (top-k/top-p) contribute 0.
+    """Entropy of the categorical distribution per position; -inf logits (top-k/top-p) contribute 0."""
+    return entropy_from_logprobs(logits.log_softmax(-1))
+
+
+def entropy_from_logprobs(logp: Tensor) -> Tensor:
+    """Entropy per position from full log-probs (batch, resp, vocab); -inf log-probs contribute 0.
 
     The -inf log-probs are replaced by 0 *before* the product: `where(p > 0, p * logp, 0)` has the right value but
     a NaN gradient (d(p * logp)/dp = logp = -inf, times the 0 that `where` sends back), which `ent_coef > 0` hits.
     """
-    logp = logits.log_softmax(-1)
     p = logp.exp()
     safe_logp = torch.where(p > 0, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
     return -(p * safe_logp).sum(-1)

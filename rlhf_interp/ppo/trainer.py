@@ -297,13 +297,14 @@ class PPOTrainer:
                 mb = perm[start : start + mb_size]
                 mb_mask = r.mask[mb]
                 logits, mb_values = self.ddp(r.query_ids[mb], r.query_mask[mb], r.response_ids[mb])
-                mb_logp = core.logprobs_of(logits, r.response_ids[mb])
+                logp_all = logits.log_softmax(-1)  # once: the chosen tokens' log-probs and the entropy
+                mb_logp = core.token_logprobs(logp_all, r.response_ids[mb])
                 pg_loss, pg_stats = core.clipped_policy_loss(mb_logp, r.logprobs[mb], advantages[mb], mb_mask,
                                                              cfg.cliprange)
                 vf_loss, vf_clipfrac = core.clipped_value_loss(mb_values, r.values[mb], returns[mb], mb_mask,
                                                                cfg.cliprange_value)
                 with torch.set_grad_enabled(cfg.ent_coef > 0):  # logged only, unless it is in the loss
-                    entropy = core.masked_mean(core.entropy_from_logits(logits), mb_mask)
+                    entropy = core.masked_mean(core.entropy_from_logprobs(logp_all), mb_mask)
                 loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
